@@ -47,6 +47,7 @@ class ZFNet(nn.Module):
         dropout: dropout before fc6 and fc7.
         init: ``"kaiming"`` (trains reliably with any optimizer) or ``"paper"`` (N(0, 1e-2), bias 0).
         lrn: module class used for local response normalisation (swap in a faster exact one).
+        pool: module class used for max pooling (same constructor as ``nn.MaxPool2d``).
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class ZFNet(nn.Module):
         dropout: float = 0.5,
         init: str = "kaiming",
         lrn: type[nn.Module] = nn.LocalResponseNorm,
+        pool: type[nn.Module] = nn.MaxPool2d,
     ) -> None:
         super().__init__()
         c1, c2, c3, c4, c5 = (_scaled(c, width) for c in (96, 256, 384, 384, 256))
@@ -68,11 +70,11 @@ class ZFNet(nn.Module):
             OrderedDict(
                 conv1=nn.Conv2d(3, c1, layers.conv1_kernel, layers.conv1_stride, layers.conv1_padding),
                 relu1=nn.ReLU(),
-                pool1=nn.MaxPool2d(3, 2, pp),
+                pool1=pool(3, 2, pp),
                 norm1=lrn(5, alpha=1e-4, beta=0.75, k=2.0),
                 conv2=nn.Conv2d(c1, c2, 5, layers.conv2_stride, layers.conv2_padding),
                 relu2=nn.ReLU(),
-                pool2=nn.MaxPool2d(3, 2, pp),
+                pool2=pool(3, 2, pp),
                 norm2=lrn(5, alpha=1e-4, beta=0.75, k=2.0),
                 conv3=nn.Conv2d(c2, c3, 3, 1, 1),
                 relu3=nn.ReLU(),
@@ -80,7 +82,7 @@ class ZFNet(nn.Module):
                 relu4=nn.ReLU(),
                 conv5=nn.Conv2d(c4, c5, 3, 1, 1),
                 relu5=nn.ReLU(),
-                pool5=nn.MaxPool2d(3, 2, 0),
+                pool5=pool(3, 2, 0),
             )
         )
         self.avgpool = nn.AdaptiveAvgPool2d(head_pool)

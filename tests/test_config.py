@@ -1,0 +1,56 @@
+"""Config: merging, strict validation with helpful errors, _target_ construction."""
+
+from __future__ import annotations
+
+import pytest
+
+from zflight.config import ConfigError, instantiate, load_config
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(["trainer.max_epochs=3", "model.width=0.5"])
+    assert cfg.trainer.max_epochs == 3 and cfg.model.width == 0.5 and cfg.data.name == "shapes"
+
+
+def test_experiment_and_group_choice():
+    cfg = load_config(["experiment=imagenet", "data.root=/tmp", "logger=csv"])
+    assert cfg.data.image_size == 224 and cfg.optim.schedule == "plateau" and cfg.logger.name == "csv"
+    # command-line keys win over the experiment
+    assert load_config(["experiment=imagenet", "data.root=/x", "trainer.max_epochs=2"]).trainer.max_epochs == 2
+
+
+def test_unknown_key_names_key_and_choices():
+    with pytest.raises(ConfigError) as e:
+        load_config(["trainer.max_epoch=3"])
+    msg = str(e.value)
+    assert "trainer.max_epoch" in msg and "max_epochs" in msg and "did you mean" in msg
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ConfigError, match="trainer.max_epochs"):
+        load_config(["trainer.max_epochs=abc"])
+
+
+def test_invalid_choice_lists_choices():
+    with pytest.raises(ConfigError, match="optim.name='adam' is not valid; choices: sgd, adamw"):
+        load_config(["optim.name=adam"])
+    with pytest.raises(ConfigError, match="valid choices: .*csv.*tensorboard"):
+        load_config(["logger=mlflow"])
+    with pytest.raises(ConfigError, match="model.name.*alexnet_style, zfnet"):
+        load_config(["model.name=vgg"])
+
+
+def test_imagefolder_needs_root_and_callbacks_need_target():
+    with pytest.raises(ConfigError, match="data.root"):
+        load_config(["data.name=imagefolder"])
+    with pytest.raises(ConfigError, match="callbacks.x must be a mapping with a _target_"):
+        load_config(["callbacks.x.every_n_epochs=2"])
+
+
+def test_instantiate_reports_bad_arguments():
+    obj = instantiate({"_target_": "collections.Counter", "a": 1}, "callbacks.c")
+    assert obj["a"] == 1
+    with pytest.raises(ConfigError, match="callbacks.m._target_='nope.Nope' cannot be imported"):
+        instantiate({"_target_": "nope.Nope"}, "callbacks.m")
+    with pytest.raises(ConfigError, match="callbacks.e: .*takes: every_n_epochs"):
+        instantiate({"_target_": "zflight.callbacks.base.VisualizationCallback", "evry": 1}, "callbacks.e")

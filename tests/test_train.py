@@ -1,0 +1,98 @@
+"""End-to-end training: run directory, checkpoints, resume, W&B offline, DDP on CPU."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import tiny_overrides
+from zflight.train import train, wandb_mode
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_writes_run_dir_and_checkpoints(tiny, capsys):
+    r = train(tiny())
+    run = Path(r["run_dir"])
+    assert (run / "config.yaml").read_text().count("max_epochs: 2") == 1
+    assert (run / "checkpoints" / "last.ckpt").exists() and Path(r["best_ckpt"]).exists()
+    assert 0.0 <= r["val_acc1"] <= r["val_acc5"] <= 1.0
+    out = capsys.readouterr().out
+    assert "final validation accuracy: top-1" in out and str(run) in out
+    rows = [row for row in read_metrics(run) if row["val/acc1"]]
+    assert [int(row["epoch"]) for row in rows] == [0, 1]
+
+
+def test_resume_continues_where_it_stopped(tmp_path):
+    run = tmp_path / "run"
+    train(tiny_overrides(run, "trainer.max_epochs=1"))
+    first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert first["epoch"] == 0
+    r = train(tiny_overrides(run, "trainer.max_epochs=3", f"resume={run / 'checkpoints' / 'last.ckpt'}"))
+    assert r["epochs"] == 3
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 2 and last["global_step"] == 3 * first["global_step"]
+    epochs = [int(row["epoch"]) for row in read_metrics(run) if row["val/acc1"]]
+    assert epochs == [0, 1, 2], "resumed run appends epochs 1 and 2 to the same log"
+
+
+def test_wandb_offline_run_holds_metrics(tiny, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(Path(tiny()[-1].split("=", 1)[1]).parent))  # no ~/.netrc
+    assert wandb_mode("auto") == "offline"
+    r = train(tiny("logger=wandb"))
+    offline = list(Path(r["run_dir"]).glob("wandb/offline-run-*"))
+    assert len(offline) == 1, "one offline run, written without a login prompt"
+    records = (next(offline[0].glob("run-*.wandb"))).read_bytes()
+    for key in (b"val/acc1", b"val/acc5", b"train/loss", b"trainer/global_step"):
+        assert key in records
+    # the history record of the last epoch carries the final accuracy as its JSON value
+    value = re.escape(json.dumps(r["val_acc1"]).encode())
+    assert re.search(rb"val/acc1\x82\x01." + value, records, re.DOTALL)
+    assert (Path(r["run_dir"]) / "wandb-id.txt").read_text().strip() in offline[0].name
+
+
+def _run(args: list[str], env_extra: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=Path(__file__).resolve().parent.parent)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_log_once(tmp_path):
+    run = tmp_path / "ddp"
+    p = _run([sys.executable, "-m", "zflight.train", *tiny_overrides(run, "trainer.devices=2")])
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("final validation accuracy") == 1, "only rank 0 prints the summary"
+    rows = [row for row in read_metrics(run) if row["val/acc1"]]
+    assert [int(row["epoch"]) for row in rows] == [0, 1], "metrics logged once per epoch"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last-epoch=1.ckpt", "last.ckpt"]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(tmp_path):
+    run = tmp_path / "torchrun"
+    p = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "zflight.train",
+              *tiny_overrides(run, "trainer.devices=2", "trainer.max_epochs=1")])
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("final validation accuracy") == 1
+    assert (run / "checkpoints" / "last.ckpt").exists()
+
+
+def test_console_script_help_and_config_error():
+    p = _run([sys.executable, "-m", "zflight", "train", "trainer.max_epoch=1"])
+    assert p.returncode == 2 and "unknown config key 'trainer.max_epoch'" in p.stderr
+    p = _run([sys.executable, "-m", "zflight", "--help"])
+    assert p.returncode == 0 and "visualize" in p.stdout

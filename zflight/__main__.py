@@ -1,0 +1,3 @@
+from zflight.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,217 @@
+"""JPEG folders decoded in batches on the training device, with decoding in workers as the fallback.
+
+``decode="device"``: DataLoader workers only read file bytes; after the batch reaches the trainer,
+``JpegPipeline.finish`` decodes the whole batch at once (nvjpeg through ``torchvision.io.decode_jpeg``
+on CUDA), crops, resizes, flips and normalises it on the device. ``decode="workers"``: each worker
+decodes and crops with libjpeg and hands over uint8 crops (4x fewer bytes than floats); ``finish``
+only normalises. ``"auto"`` picks the device path when CUDA is available. Both draw the same
+crops from the same random numbers, so they differ only by interpolation rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from torchvision.datasets.folder import find_classes, make_dataset
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
+
+Box = tuple[int, int, int, int]  # top, left, height, width
+
+
+class EncodedImages:
+    """A batch of encoded image files (1-D uint8 CPU tensors).
+
+    It has no ``.to``, so Lightning's batch transfer leaves it on the CPU, where
+    ``decode_jpeg(..., device="cuda")`` wants its input.
+    """
+
+    def __init__(self, data: list[torch.Tensor]) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+def decode_jpegs(data: list[torch.Tensor], device: torch.device | str) -> list[torch.Tensor]:
+    """RGB uint8 (3, H, W) images on ``device``; one batched nvjpeg call on CUDA.
+
+    Files the batched decoder rejects (a PNG named .JPEG, CMYK) are decoded one by one on the CPU.
+    """
+    device = torch.device(device)
+    try:
+        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        images = [_decode_one(d, device) for d in data]
+    return list(images)
+
+
+def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return decode_image(data, mode=ImageReadMode.RGB).to(device)
+
+
+def resized_crop(image: torch.Tensor, box: Box, size: int) -> torch.Tensor:
+    """The ``box`` of a (3, H, W) uint8 image resampled to ``size`` x ``size`` (bilinear, antialiased).
+
+    uint8 out on CPU (PyTorch's SIMD uint8 path); float in [0, 255] on other devices.
+    """
+    top, left, h, w = box
+    crop = image[None, :, top : top + h, left : left + w]
+    if crop.device.type != "cpu":
+        crop = crop.float()
+    return F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True)[0]
+
+
+@dataclass
+class JpegPipeline:
+    """Decode, crop, flip and normalise ImageNet-layout JPEGs, in workers or on the device.
+
+    Args:
+        size: side of the output crops.
+        resize: ``crop="paper"``: the shorter side is scaled to ``resize`` and a random (train) or
+            central (val) ``size`` square is cut, as Zeiler & Fergus (256 -> 224).
+        crop: ``"paper"`` or ``"random_resized"`` (area ``scale``, aspect ``ratio``; val as paper).
+        flip: probability of a horizontal flip in training.
+        mean, std: normalisation (0-1 pixel scale).
+        decode: ``"device"``, ``"workers"`` or ``"auto"`` (device when CUDA is available).
+    """
+
+    size: int = 224
+    resize: int = 256
+    crop: str = "paper"
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: float = 0.5
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    decode: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.crop not in ("paper", "random_resized"):
+            raise ValueError(f"crop must be 'paper' or 'random_resized'; got {self.crop!r}")
+        if self.decode not in ("auto", "device", "workers"):
+            raise ValueError(f"decode must be 'auto', 'device' or 'workers'; got {self.decode!r}")
+        if self.decode == "auto":
+            self.decode = "device" if torch.cuda.is_available() else "workers"
+
+    def box(
+        self, height: int, width: int, train: bool, generator: torch.Generator | None = None
+    ) -> Box:
+        """Crop box in the original image: random in training, central for validation."""
+        if train and self.crop == "random_resized":
+            return self._random_resized_box(height, width, generator)
+        side = min(height, width, max(1, round(self.size * min(height, width) / self.resize)))
+        if not train:
+            return (height - side) // 2, (width - side) // 2, side, side
+        top = int(torch.randint(0, height - side + 1, (1,), generator=generator))
+        left = int(torch.randint(0, width - side + 1, (1,), generator=generator))
+        return top, left, side, side
+
+    def _random_resized_box(
+        self, height: int, width: int, generator: torch.Generator | None
+    ) -> Box:
+        """torchvision's RandomResizedCrop parameters: 10 tries, then the central crop."""
+        area = height * width
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        for _ in range(10):
+            u = torch.rand(2, generator=generator).tolist()
+            target = area * (self.scale[0] + u[0] * (self.scale[1] - self.scale[0]))
+            aspect = math.exp(log_lo + u[1] * (log_hi - log_lo))
+            w = round(math.sqrt(target * aspect))
+            h = round(math.sqrt(target / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
+                left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+                return top, left, h, w
+        aspect = width / height
+        if aspect < self.ratio[0]:
+            w, h = width, round(width / self.ratio[0])
+        elif aspect > self.ratio[1]:
+            h, w = height, round(height * self.ratio[1])
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def augment(
+        self, images: list[torch.Tensor], train: bool, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Crop, resize and flip decoded uint8 images into one (B, 3, size, size) batch (0-255).
+
+        Random numbers are drawn per image, box then flip, so the worker and device paths draw
+        the same crops from the same generator.
+        """
+        crops, flips = [], []
+        for image in images:
+            box = self.box(image.shape[1], image.shape[2], train, generator)
+            crops.append(resized_crop(image, box, self.size))
+            flip = train and self.flip > 0 and float(torch.rand(1, generator=generator)) < self.flip
+            flips.append(flip)
+        out = torch.stack(crops)
+        flipped = torch.tensor(flips, dtype=torch.bool).nonzero().flatten().to(out.device)
+        out[flipped] = out[flipped].flip(-1)
+        return out
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """0-255 images (uint8 or float) to float32, normalised with ``mean`` and ``std``."""
+        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1) * 255
+        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1) * 255
+        return (images.float() - mean) / std
+
+    def load(
+        self, data: torch.Tensor, train: bool, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Worker side of ``decode="workers"``: bytes to one uint8 (3, size, size) crop."""
+        image = decode_jpegs([data], "cpu")[0]
+        return self.augment([image], train, generator)[0]
+
+    def dataset(self, root: str | Path, train: bool) -> JpegFolder:
+        """The items of ``root/<class>/*.jpg`` as this pipeline's workers should produce them."""
+        return JpegFolder(root, self if self.decode == "workers" else None, train)
+
+    def collate(self, samples: list[tuple[torch.Tensor, int]]) -> tuple[Any, torch.Tensor]:
+        """``DataLoader`` collate_fn: ``(EncodedImages, labels)`` or ``(uint8 images, labels)``."""
+        labels = torch.tensor([s[1] for s in samples], dtype=torch.long)
+        if self.decode == "device":
+            return EncodedImages([s[0] for s in samples]), labels
+        return torch.stack([s[0] for s in samples]), labels
+
+    def finish(
+        self, batch: tuple[Any, torch.Tensor], train: bool, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Call from ``on_after_batch_transfer``: normalised float images on the labels' device."""
+        images, labels = batch[0], batch[1]
+        if isinstance(images, EncodedImages):
+            decoded = decode_jpegs(images.data, labels.device)
+            images = self.augment(decoded, train, generator)
+        return self.normalize(images.to(labels.device)), labels
+
+
+class JpegFolder(Dataset):
+    """ImageFolder-layout JPEGs: ``(file bytes, label)``, or ``(uint8 crop, label)`` given a pipeline."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        pipeline: JpegPipeline | None = None,
+        train: bool = False,
+        extensions: tuple[str, ...] = (".jpg", ".jpeg"),
+    ) -> None:
+        self.root = Path(root)
+        self.classes, self.class_to_idx = find_classes(str(self.root))
+        self.samples = make_dataset(str(self.root), self.class_to_idx, extensions=extensions)
+        self.pipeline, self.train = pipeline, train
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        data = read_file(path)
+        if self.pipeline is not None:
+            return self.pipeline.load(data, self.train), label
+        return data, label

@@ -1,0 +1,156 @@
+"""LightningDataModules: the embedded shapes data set (default) and ImageNet-layout folders."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from zflight.data.shapes import ShapesDataset
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ShapesDataModule(pl.LightningDataModule):
+    """Synthetic shapes with object masks; rendered once, cached on disk, flipped at random in training.
+
+    Batches are ``(images, labels, masks)``.
+    """
+
+    def __init__(self, train_size: int = 16000, val_size: int = 2000, image_size: int = 64,
+                 num_classes: int = 8, batch_size: int = 128, num_workers: int = 0, seed: int = 0,
+                 cache_dir: str | None = "~/.cache/zflight") -> None:
+        super().__init__()
+        self.train_size, self.val_size, self.image_size = train_size, val_size, image_size
+        self.num_classes, self.batch_size, self.num_workers, self.seed = num_classes, batch_size, num_workers, seed
+        self.cache_dir = Path(os.path.expanduser(cache_dir)) if cache_dir else None
+        self.mean, self.std = (0.5, 0.5, 0.5), (0.3, 0.3, 0.3)
+        self.train_dataset: ShapesDataset | None = None
+        self.val_dataset: ShapesDataset | None = None
+
+    @property
+    def class_names(self) -> list[str]:
+        from zflight.data.shapes import CLASSES
+
+        return list(CLASSES[: self.num_classes])
+
+    def _dataset(self, length: int, split: int) -> ShapesDataset:
+        args = dict(length=length, image_size=self.image_size, seed=self.seed, split=split,
+                    num_classes=self.num_classes, mean=self.mean, std=self.std)
+        if self.cache_dir is None:
+            return ShapesDataset(**args)
+        key = hashlib.sha1(repr(sorted(args.items()) + [SHAPES_VERSION]).encode()).hexdigest()[:16]
+        path = self.cache_dir / f"shapes-{key}.pt"
+        if path.exists():
+            try:
+                return torch.load(path, weights_only=False)
+            except Exception:
+                path.unlink(missing_ok=True)
+        ds = ShapesDataset(**args)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            torch.save(ds, tmp)
+            tmp.replace(path)
+        except OSError:
+            pass
+        return ds
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.val_dataset is None:
+            self.val_dataset = self._dataset(self.val_size, split=1)
+        if stage in (None, "fit") and self.train_dataset is None:
+            self.train_dataset = self._dataset(self.train_size, split=0)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, drop_last=True,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_dataset, batch_size=self.batch_size * 2, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.trainer is not None and self.trainer.training:
+            images, labels, masks = batch
+            flip = torch.rand(images.shape[0], device=images.device) < 0.5
+            images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+            masks = torch.where(flip.view(-1, 1, 1), masks.flip(-1), masks)
+            batch = (images, labels, masks)
+        return batch
+
+
+SHAPES_VERSION = 1  # bump when the renderer changes so stale caches are not reused
+
+
+class ImageFolderDataModule(pl.LightningDataModule):
+    """ImageNet-layout folders (``root/train/<class>/*.JPEG``, ``root/val/<class>/*.JPEG``) with the
+    paper's preprocessing: resize 256, random 224 crops and flips; centre crop (or ten crops) to validate.
+
+    Batches are ``(images, labels)``; with ``ten_crop`` validation images are (B, 10, 3, 224, 224).
+    """
+
+    def __init__(self, root: str, image_size: int = 224, resize: int = 256, batch_size: int = 128,
+                 num_workers: int = 8, ten_crop: bool = False) -> None:
+        super().__init__()
+        self.root, self.image_size, self.resize = Path(os.path.expanduser(root)), image_size, resize
+        self.batch_size, self.num_workers, self.ten_crop = batch_size, num_workers, ten_crop
+        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        self.train_dataset = self.val_dataset = None
+        self.class_names: list[str] = check_image_folder(self.root)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def setup(self, stage: str | None = None) -> None:
+        from torchvision import datasets
+        from torchvision import transforms as T
+
+        norm = T.Normalize(self.mean, self.std)
+        if self.ten_crop:
+            val_tf = T.Compose([T.Resize(self.resize), T.TenCrop(self.image_size),
+                                T.Lambda(lambda crops: torch.stack([norm(T.functional.to_tensor(c)) for c in crops]))])
+        else:
+            val_tf = T.Compose([T.Resize(self.resize), T.CenterCrop(self.image_size), T.ToTensor(), norm])
+        self.val_dataset = datasets.ImageFolder(str(self.root / "val"), val_tf)
+        if stage in (None, "fit"):
+            train_tf = T.Compose([T.Resize(self.resize), T.RandomCrop(self.image_size), T.RandomHorizontalFlip(),
+                                  T.ToTensor(), norm])
+            self.train_dataset = datasets.ImageFolder(str(self.root / "train"), train_tf)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, drop_last=True,
+                          num_workers=self.num_workers, pin_memory=True, persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+                          pin_memory=True, persistent_workers=self.num_workers > 0)
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
+
+
+def check_image_folder(root: Path) -> list[str]:
+    """Class names of an ImageNet-layout folder, or a ValueError saying what layout was expected."""
+    layout = f"expected {root}/train/<class>/<image> and {root}/val/<class>/<image> (ImageNet layout)"
+    if not root.is_dir():
+        raise ValueError(f"data.root={str(root)!r} is not a directory; {layout}")
+    classes = None
+    for split in ("train", "val"):
+        d = root / split
+        names = sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+        if not names:
+            raise ValueError(f"{d} has no class folders; {layout}")
+        empty = [n for n in names if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in (d / n).iterdir())]
+        if empty:
+            raise ValueError(f"{d} has class folders without images: {', '.join(empty[:5])}; {layout}")
+        if classes is not None and names != classes:
+            raise ValueError(f"train and val class folders differ under {root}; {layout}")
+        classes = names
+    return classes

@@ -1,0 +1,102 @@
+"""The LightningModule: cross-entropy, the optimizer and schedule, top-1/top-5 accuracy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("none", "step", "plateau", "cosine", "onecycle")
+
+
+class ClassifierModule(pl.LightningModule):
+    """Trains any image classifier; ``model`` is the plain network (what the callbacks look inside).
+
+    Args:
+        model: the network.
+        num_classes: number of classes (for the metrics).
+        optimizer: ``"sgd"`` (momentum, the paper's) or ``"adamw"``.
+        lr, momentum, weight_decay: optimizer settings (paper: 1e-2, 0.9, 5e-4).
+        schedule: ``"none"``, ``"step"`` (x ``gamma`` every ``step_size`` epochs), ``"plateau"``
+            (x ``gamma`` when validation accuracy stops improving, as the paper annealed by hand),
+            ``"cosine"`` or ``"onecycle"`` (per step, warm-up ``pct_start``).
+        channels_last: keep weights and inputs in NHWC (faster convolutions on GPUs).
+        compile: wrap the network in ``torch.compile`` for training.
+    """
+
+    def __init__(self, model: nn.Module, num_classes: int, optimizer: str = "sgd", lr: float = 1e-2,
+                 momentum: float = 0.9, weight_decay: float = 5e-4, schedule: str = "step",
+                 step_size: int = 30, gamma: float = 0.1, patience: int = 3, pct_start: float = 0.25,
+                 channels_last: bool = False, compile: bool = False) -> None:
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optim.name must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"optim.schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}")
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+        self.channels_last = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self._forward = torch.compile(self.model) if compile else self.model
+        self.train_acc = MulticlassAccuracy(num_classes, top_k=1)
+        self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1)
+        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self._forward(images)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        images, labels = batch[0], batch[1]
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        self.train_acc(logits, labels)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        images, labels = batch[0], batch[1]
+        if images.dim() == 5:  # ten-crop evaluation: average the crops' probabilities
+            b, n = images.shape[:2]
+            probs = F.softmax(self(images.flatten(0, 1)).float(), dim=1).view(b, n, -1).mean(1)
+            logits = probs.log()
+        else:
+            logits = self(images)
+        self.log("val/loss", F.cross_entropy(logits.float(), labels), sync_dist=True, prog_bar=True)
+        self.val_acc1(logits, labels)
+        self.val_acc5(logits, labels)
+        self.log("val/acc1", self.val_acc1, prog_bar=True)
+        self.log("val/acc5", self.val_acc5)
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        decay = [p for p in self.model.parameters() if p.ndim > 1]
+        no_decay = [p for p in self.model.parameters() if p.ndim <= 1]
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if hp.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
+        else:
+            opt = torch.optim.AdamW(groups, lr=hp.lr)
+        if hp.schedule == "none":
+            return opt
+        if hp.schedule == "step":
+            sched = {"scheduler": torch.optim.lr_scheduler.StepLR(opt, hp.step_size, hp.gamma)}
+        elif hp.schedule == "plateau":
+            sched = {"scheduler": torch.optim.lr_scheduler.ReduceLROnPlateau(opt, "max", hp.gamma, hp.patience),
+                     "monitor": "val/acc1"}
+        elif hp.schedule == "cosine":
+            sched = {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.trainer.max_epochs)}
+        else:
+            total = self.trainer.estimated_stepping_batches
+            sched = {"scheduler": torch.optim.lr_scheduler.OneCycleLR(opt, hp.lr, total_steps=total,
+                                                                      pct_start=hp.pct_start),
+                     "interval": "step"}
+        return {"optimizer": opt, "lr_scheduler": sched}
