@@ -36,10 +36,10 @@ def test_train_writes_run_dir_and_checkpoints(tiny, capsys):
 
 def test_resume_continues_where_it_stopped(tmp_path):
     run = tmp_path / "run"
-    train(tiny_overrides(run, "trainer.max_epochs=1"))
+    train(tiny_overrides(run, "trainer.max_epochs=1", "optim.schedule=step"))
     first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert first["epoch"] == 0
-    r = train(tiny_overrides(run, "trainer.max_epochs=3", f"resume={run / 'checkpoints' / 'last.ckpt'}"))
+    r = train(tiny_overrides(run, "trainer.max_epochs=3", "optim.schedule=step", f"resume={run / 'checkpoints' / 'last.ckpt'}"))
     assert r["epochs"] == 3
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["epoch"] == 2 and last["global_step"] == 3 * first["global_step"]

@@ -65,6 +65,9 @@ class DDPConfig:
     gradient_as_bucket_view: bool = True
     static_graph: bool = False
     bucket_cap_mb: int = 25
+    find_unused_parameters: bool = False
+    comm_hook: str = "none"
+    backend: str | None = None
 
 
 @dataclass
@@ -126,8 +129,10 @@ def groups(config_dir: Path = CONFIG_DIR) -> dict[str, list[str]]:
     return {d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in sorted(config_dir.iterdir()) if d.is_dir()}
 
 
-def load_config(overrides: list[str] | None = None, config_dir: Path = CONFIG_DIR) -> DictConfig:
-    """Merge schema <- train.yaml <- experiment <- group choices <- dotted overrides, then validate."""
+def load_config(overrides: list[str] | None = None, config_dir: Path = CONFIG_DIR,
+                base: DictConfig | None = None) -> DictConfig:
+    """Merge schema <- train.yaml [<- base] <- experiment <- group choices <- dotted overrides, then
+    validate. ``base`` is a saved run's config (post-hoc visualisation starts from it)."""
     overrides = list(overrides or [])
     found = groups(config_dir)
     choices, dotted = [], []
@@ -138,6 +143,9 @@ def load_config(overrides: list[str] | None = None, config_dir: Path = CONFIG_DI
         (choices if key in found else dotted).append((key, value))
     choices.sort(key=lambda kv: kv[0] != "experiment")  # experiment first, then other groups
     cfg = _merge(OmegaConf.structured(TrainConfig), OmegaConf.load(config_dir / "train.yaml"))
+    if base is not None:
+        cfg.callbacks = {}
+        cfg = _merge(cfg, base)
     for group, value in choices:
         path = config_dir / group / f"{value}.yaml"
         if not path.exists():

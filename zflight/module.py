@@ -95,8 +95,8 @@ class ClassifierModule(pl.LightningModule):
         elif hp.schedule == "cosine":
             sched = {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.trainer.max_epochs)}
         else:
-            total = self.trainer.estimated_stepping_batches
-            sched = {"scheduler": torch.optim.lr_scheduler.OneCycleLR(opt, hp.lr, total_steps=total,
-                                                                      pct_start=hp.pct_start),
+            total = max(int(self.trainer.estimated_stepping_batches), 4)
+            pct = min(max(hp.pct_start, 2.0 / total), 0.5)  # both phases at least two steps long
+            sched = {"scheduler": torch.optim.lr_scheduler.OneCycleLR(opt, hp.lr, total_steps=total, pct_start=pct),
                      "interval": "step"}
         return {"optimizer": opt, "lr_scheduler": sched}

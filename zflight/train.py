@@ -18,6 +18,7 @@ from zflight.config import ConfigError, instantiate, load_config, to_yaml
 from zflight.data import ImageFolderDataModule, ShapesDataModule
 from zflight.models import create_model
 from zflight.module import ClassifierModule
+from zflight.strategy import build_strategy
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
@@ -111,10 +112,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[pl.Callback], 
     devices = t.devices
     n_dev = devices if isinstance(devices, int) else (torch.cuda.device_count() if on_gpu else 1)
     try:
-        from zflight.strategy import build_strategy
         strategy = build_strategy(n_dev, t.num_nodes, OmegaConf.to_container(t.ddp))
-    except ImportError:
-        strategy = "auto"
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     ckpt_dir = run_dir / "checkpoints"
     checkpoints = [
         ModelCheckpoint(ckpt_dir, filename="best", monitor="val/acc1", mode="max", save_top_k=1),

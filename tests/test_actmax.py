@@ -1,0 +1,122 @@
+"""Activation maximisation: a linear filter's optimum, batching, early stop, no side effects."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from zflight.analysis.actmax import activation_maximization, fourier_scale, total_variation
+from zflight.models import zfnet
+
+
+@pytest.mark.parametrize("param", ["pixel", "fourier"])
+def test_linear_filter_converges_to_its_own_pattern(param):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 1, 7, bias=False)
+    w = conv.weight[0].detach()
+    l2 = 5.0
+    result = activation_maximization(
+        nn.Sequential(conv), [(conv, 0)], (7, 7), steps=100, param=param, jitter=0, tv=0.0, l2=l2
+    )
+    x = result.images[0]
+    # max <w, x> - l2 * mean(x^2) over x is reached at x = n w / (2 l2), n = 3 * 7 * 7.
+    optimum = w.numel() * w / (2 * l2)
+    assert torch.cosine_similarity(x.flatten(), w.flatten(), dim=0) > 0.999
+    torch.testing.assert_close(x, optimum, rtol=0, atol=1e-2 * optimum.abs().max().item())
+    torch.testing.assert_close(result.activations, (w * x).sum().view(1))
+
+
+def test_activations_grow_for_every_unit():
+    torch.manual_seed(0)
+    model = zfnet(num_classes=4, width=0.125, head_pool=2)
+    targets = [(model.features.conv2, 1), (model.features.conv4, 5), (model.classifier.fc8, 2)]
+    before = activation_maximization(model, targets, (64, 64), steps=0).activations
+    after = activation_maximization(model, targets, (64, 64), steps=12).activations
+    assert (after > before + 0.1).all()
+
+
+def test_batched_targets_match_separate_runs():
+    torch.manual_seed(0)
+    model = zfnet(num_classes=4, width=0.125, head_pool=2)
+    conv3 = model.features.conv3
+    together = activation_maximization(model, [(conv3, 3), (conv3, 0)], (64, 64), steps=6, jitter=2)
+    alone = activation_maximization(model, [(conv3, 3)], (64, 64), steps=6, jitter=2)
+    torch.testing.assert_close(together.images[:1], alone.images, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(together.images[0], together.images[1])
+
+
+def test_forward_stops_after_the_last_target_layer():
+    class Explode(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise AssertionError("ran past the target layer")
+
+    conv = nn.Conv2d(3, 2, 3)
+    result = activation_maximization(
+        nn.Sequential(conv, Explode()),
+        [(conv, 0), (conv, 1)],
+        (8, 8),
+        steps=3,
+        param="pixel",
+        blur_every=1,
+    )
+    assert result.images.shape == (2, 3, 8, 8)
+
+
+def test_leaves_weights_grads_modes_and_rng_alone():
+    torch.manual_seed(0)
+    model = zfnet(num_classes=4, width=0.125, head_pool=2).train()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    marker = torch.full_like(model.classifier.fc8.weight, -2.0)
+    model.classifier.fc8.weight.grad = marker.clone()
+    rng = torch.get_rng_state()
+    targets = [(model.features.conv1, 0), (model.classifier.fc8, 1)]
+    first = activation_maximization(model, targets, (64, 64), steps=3)
+    again = activation_maximization(model, targets, (64, 64), steps=3)
+    torch.testing.assert_close(first.images, again.images)  # seeded, and dropout off inside
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(m.training for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters())
+    assert torch.equal(model.classifier.fc8.weight.grad, marker)
+    assert all(p.grad is None for n, p in model.named_parameters() if n != "classifier.fc8.weight")
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+
+
+def test_total_variation_of_stripes():
+    x = torch.zeros(1, 3, 4, 6)
+    x[..., ::2] = 1.0  # vertical stripes: every horizontal neighbour differs by 1, vertical by 0
+    torch.testing.assert_close(total_variation(x), torch.tensor([1.0]))
+
+
+def test_fourier_scale_is_one_over_frequency():
+    s = fourier_scale((8, 8))
+    assert s.shape == (8, 5)
+    torch.testing.assert_close(s[0, 0], torch.tensor(8.0))  # DC clamped to the lowest frequency
+    torch.testing.assert_close(s[0, 4], torch.tensor(2.0))  # f = 0.5 cycles per pixel
+    torch.testing.assert_close(s[2, 0], torch.tensor(4.0))  # f = 0.25
+
+
+def test_bounds_keep_the_image_valid_and_are_approached():
+    conv = nn.Conv2d(3, 1, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, -1.0, 0.0]).view(1, 3, 1, 1))
+    low, high = (-1.0, -2.0, -0.5), (2.0, 1.0, 0.5)
+    result = activation_maximization(
+        nn.Sequential(conv),
+        [(conv, 0)],
+        (6, 6),
+        steps=30,
+        lr=0.2,
+        bounds=(low, high),
+        l2=0.0,
+        tv=0.0,
+        param="pixel",
+        init="gray",
+    )
+    x = result.images[0]
+    for c in range(3):
+        assert low[c] <= x[c].min() and x[c].max() <= high[c]
+    # The unit reads +channel 0 - channel 1: both are driven to their bounds, channel 2 stays put.
+    torch.testing.assert_close(x[0], torch.full((6, 6), high[0]))
+    torch.testing.assert_close(x[1], torch.full((6, 6), low[1]))
+    torch.testing.assert_close(x[2], torch.zeros(6, 6))
