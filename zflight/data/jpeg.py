@@ -25,17 +25,29 @@ Box = tuple[int, int, int, int]  # top, left, height, width
 
 
 class EncodedImages:
-    """A batch of encoded image files (1-D uint8 CPU tensors).
+    """A batch of encoded image files: one flat uint8 CPU buffer and the files' end offsets.
 
+    One buffer crosses from the DataLoader workers in one shared-memory block (not one per file).
     It has no ``.to``, so Lightning's batch transfer leaves it on the CPU, where
     ``decode_jpeg(..., device="cuda")`` wants its input.
     """
 
-    def __init__(self, data: list[torch.Tensor]) -> None:
-        self.data = data
+    def __init__(self, buffer: torch.Tensor, ends: torch.Tensor) -> None:
+        self.buffer, self.ends = buffer, ends
+
+    @classmethod
+    def from_files(cls, files: list[torch.Tensor]) -> EncodedImages:
+        ends = torch.tensor([f.numel() for f in files], dtype=torch.long).cumsum(0)
+        return cls(torch.cat([f.flatten() for f in files]), ends)
+
+    @property
+    def data(self) -> list[torch.Tensor]:
+        """The files as 1-D uint8 views of the buffer."""
+        starts = [0, *self.ends[:-1].tolist()]
+        return [self.buffer[a:b] for a, b in zip(starts, self.ends.tolist())]
 
     def __len__(self) -> int:
-        return len(self.data)
+        return len(self.ends)
 
 
 def decode_jpegs(data: list[torch.Tensor], device: torch.device | str) -> list[torch.Tensor]:
@@ -177,7 +189,7 @@ class JpegPipeline:
         """``DataLoader`` collate_fn: ``(EncodedImages, labels)`` or ``(uint8 images, labels)``."""
         labels = torch.tensor([s[1] for s in samples], dtype=torch.long)
         if self.decode == "device":
-            return EncodedImages([s[0] for s in samples]), labels
+            return EncodedImages.from_files([s[0] for s in samples]), labels
         return torch.stack([s[0] for s in samples]), labels
 
     def finish(

@@ -1,0 +1,231 @@
+"""DeconvTopK and FeatureEvolution driven by hand: streamed hooks, a probe, a fake context."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+
+from zflight.analysis.deconvnet import Deconvnet, receptive_field, resolve_layer
+from zflight.analysis.images import denormalize, resize, symmetric_to_uint8, to_uint8
+from zflight.analysis.topk import crop, unit_boxes
+from zflight.callbacks.base import Figure, Probe
+from zflight.callbacks.deconv import DeconvTopK, FeatureEvolution, channel_count, seeded_channels
+from zflight.models import zfnet
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.3, 0.3, 0.3)
+LAYERS = ["conv1", "conv3", "conv5"]
+
+
+class FakeContext:
+    """What analyze needs from AnalysisContext, with an all_gather that counts its calls."""
+
+    def __init__(self, epoch: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        self.epoch, self.rank, self.world_size = epoch, rank, world_size
+        self.device = torch.device("cpu")
+        self.gathers = 0
+
+    def all_gather(self, t: torch.Tensor) -> torch.Tensor:
+        self.gathers += 1
+        return t
+
+    def autocast(self):
+        return contextlib.nullcontext()
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = zfnet(num_classes=4, width=0.125).eval()
+    images = torch.randn(40, 3, 64, 64)
+    probe = Probe(images[:6], torch.zeros(6, dtype=torch.long), None, MEAN, STD)
+    return model, images, probe
+
+
+def _stream(cb, model, images, batch: int = 16) -> None:
+    """What the base does during a scheduled validation epoch."""
+    cb.reset_stream()
+    handles = [m.register_forward_hook(fn) for m, fn in cb.stream_hooks(model)]
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            cb.current_batch = (images[i : i + batch], torch.zeros(0))
+            model(images[i : i + batch])
+    for h in handles:
+        h.remove()
+    cb.current_batch = None
+
+
+def _one_shot(model, images, layer):
+    """(C, N) strongest activation of every channel in every image, and where it is."""
+    trunk = model.features
+    with torch.no_grad():
+        acts = trunk[: resolve_layer(trunk, layer) + 1](images)
+    best, where = acts.flatten(2).max(dim=2)
+    return best.t(), where.t(), acts.shape[-1]
+
+
+def test_streamed_mining_equals_one_shot_over_the_data_set(setup):
+    model, images, probe = setup
+    cb = DeconvTopK(layers=LAYERS, features_per_layer=3, k=5, strict=True)
+    _stream(cb, model, images)
+    ctx = FakeContext()
+    with torch.no_grad():
+        tops = cb.mined(model, probe, ctx)
+    assert ctx.gathers == 4 * len(LAYERS)
+    for layer, top in tops.items():
+        best, where, _ = _one_shot(model, images, layer)
+        values, index = best.topk(5, dim=1)
+        torch.testing.assert_close(top.values, values)
+        assert torch.equal(top.positions, where.gather(1, index))
+        assert top.channels.tolist() == seeded_channels(layer, best.shape[0], 3, 0)
+        for f, c in enumerate(top.channels.tolist()):
+            assert torch.equal(top.images[f], images[index[c]])
+
+
+def test_without_a_stream_the_probe_set_is_mined(setup):
+    model, _, probe = setup
+    cb = DeconvTopK(layers=["conv2"], features_per_layer=2, k=4, strict=True)
+    with torch.no_grad():
+        top = cb.mined(model, probe, FakeContext())["conv2"]
+    best, _, _ = _one_shot(model, probe.images, "conv2")
+    torch.testing.assert_close(top.values, best.topk(4, dim=1).values)
+
+
+def test_tiles_are_the_cropped_projection_and_patch_of_each_winner(setup):
+    model, images, probe = setup
+    cb = DeconvTopK(layers=["conv2"], features_per_layer=2, k=3, tile=1, strict=True)
+    _stream(cb, model, images)
+    with torch.no_grad():
+        top = cb.mined(model, probe, FakeContext())["conv2"]
+        proj_tiles, patch_tiles = cb.crops(model, "conv2", top, probe)
+        trunk = model.features
+        field = receptive_field(trunk, "conv2")
+        for f, c in enumerate(top.channels.tolist()):
+            best, where, width = _one_shot(model, images, "conv2")
+            index = best[c].topk(3).indices
+            winners = images[index]
+            proj = Deconvnet(trunk).project(winners, "conv2", torch.full((3,), c), where[c, index])
+            boxes = unit_boxes(where[c, index], width, field, (64, 64))
+            assert boxes[0, 2] == 27
+            for j in range(3):
+                assert np.array_equal(proj_tiles[f][j], symmetric_to_uint8(crop(proj, boxes)[j]))
+                patch = denormalize(crop(winners, boxes)[j], MEAN, STD)
+                assert np.array_equal(patch_tiles[f][j], to_uint8(patch, 0.0, 1.0))
+
+
+def test_analyze_draws_one_figure_per_layer_and_counts_silent_features(setup):
+    model, images, probe = setup
+    model = zfnet(num_classes=4, width=0.125).eval()
+    with torch.no_grad():
+        model.features.conv1.bias[[0, 3]] = -1e6
+    cb = DeconvTopK(layers=LAYERS, features_per_layer=4, k=9, tile=16, ncols=2, strict=True)
+    _stream(cb, model, images)
+    with torch.no_grad():
+        result = cb.analyze(model, probe, FakeContext(epoch=3))
+    assert set(result.figures) == set(LAYERS)
+    fig = result.figures["conv1"]
+    assert isinstance(fig, Figure) and fig.image.dtype == np.uint8 and fig.image.shape[2] == 3
+    assert "epoch 3" in fig.caption
+    # 2 x 2 cells, each two 3x3 blocks of >= 16 px tiles side by side
+    assert fig.image.shape[1] > 2 * 2 * 3 * 16 and fig.image.shape[0] > 2 * 3 * 16
+    n_conv1 = channel_count(model.features, "conv1")
+    assert result.scalars["conv1/silent_fraction"] == pytest.approx(2 / n_conv1)
+    every = DeconvTopK(layers=["conv1"], features_per_layer=n_conv1, k=3, strict=True)
+    _stream(every, model, images)
+    with torch.no_grad():
+        top = every.mined(model, probe, FakeContext())["conv1"]
+        proj, patches = every.crops(model, "conv1", top, probe)
+    for c in range(n_conv1):
+        gray = all((t == 128).all() for t in proj[c] + patches[c])
+        assert gray == (c in (0, 3))
+
+
+def test_most_active_uses_the_probe_then_the_previous_epoch(setup):
+    model, images, probe = setup
+    cb = DeconvTopK(
+        layers=["conv4"], features_per_layer=3, selection="most_active", k=2, strict=True
+    )
+    probe_best, _, _ = _one_shot(model, probe.images, "conv4")
+    assert cb.stored_channels("conv4", model, probe) == sorted(
+        probe_best.amax(1).topk(3).indices.tolist()
+    )
+    _stream(cb, model, images)
+    with torch.no_grad():
+        cb.analyze(model, probe, FakeContext(rank=1))
+    all_best, _, _ = _one_shot(model, images, "conv4")
+    expected = sorted(all_best.amax(1).topk(3).indices.tolist())
+    assert cb.stored_channels("conv4", model, None) == expected
+    restored = DeconvTopK(layers=["conv4"], features_per_layer=3, selection="most_active")
+    restored.load_state_dict(cb.state_dict())
+    assert restored.stored_channels("conv4", model, None) == expected
+
+
+def test_other_ranks_merge_but_draw_nothing(setup):
+    model, images, probe = setup
+    cb = DeconvTopK(layers=["conv1"], features_per_layer=2, k=2, strict=True)
+    _stream(cb, model, images)
+    ctx = FakeContext(rank=1, world_size=2)
+    with torch.no_grad():
+        assert cb.analyze(model, probe, ctx) is None
+    assert ctx.gathers == 4
+
+
+def test_random_selection_is_seeded():
+    a, b = seeded_channels("conv3", 48, 16, 0), seeded_channels("conv3", 48, 16, 1)
+    assert a == seeded_channels("conv3", 48, 16, 0) and a != b
+    assert len(set(a)) == 16 and all(0 <= c < 48 for c in a) and a == sorted(a)
+    assert seeded_channels("conv1", 5, 16, 0) == [0, 1, 2, 3, 4]
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="random, most_active"):
+        DeconvTopK(selection="best")
+    with pytest.raises(ValueError, match="identity, gradient"):
+        FeatureEvolution(lrn="none")
+
+
+def test_evolution_appends_a_column_per_epoch_and_survives_resume(setup):
+    _, images, probe = setup
+    torch.manual_seed(1)
+    model = zfnet(num_classes=4, width=0.125).eval()
+    cb = FeatureEvolution(
+        layers=["conv1", "conv4"],
+        channels={"conv1": [2, 5]},
+        features_per_layer=3,
+        tile=8,
+        strict=True,
+    )
+    for epoch in (0, 2):
+        if epoch:
+            model.features.conv1.weight.data.add_(
+                0.2 * torch.randn_like(model.features.conv1.weight)
+            )
+        _stream(cb, model, images)
+        with torch.no_grad():
+            result = cb.analyze(model, probe, FakeContext(epoch=epoch))
+    assert cb.channels["conv1"] == [2, 5] and len(cb.channels["conv4"]) == 3
+    assert sorted(cb.strips["conv1"]) == [0, 2]
+    assert not torch.equal(cb.strips["conv1"][0], cb.strips["conv1"][2])
+    strip = result.figures["conv1"].image
+    # the latest column is the top-1 projection of each feature with the current weights
+    best, where, width = _one_shot(model, images, "conv1")
+    field = receptive_field(model.features, "conv1")
+    for row, c in enumerate([2, 5]):
+        i = int(best[c].argmax())
+        with torch.no_grad():
+            proj = Deconvnet(model.features).project(images[i : i + 1], "conv1", torch.tensor([c]))
+        tile = symmetric_to_uint8(
+            crop(proj, unit_boxes(where[c, i : i + 1], width, field, (64, 64)))[0]
+        )
+        assert np.array_equal(cb.strips["conv1"][2][row].numpy(), resize(tile, (14, 14)))
+    restored = FeatureEvolution(layers=["conv1", "conv4"], tile=8, strict=True)
+    restored.load_state_dict(cb.state_dict())
+    assert restored.channels == cb.channels
+    _stream(restored, model, images)
+    with torch.no_grad():
+        wider = restored.analyze(model, probe, FakeContext(epoch=5)).figures["conv1"].image
+    assert sorted(restored.strips["conv1"]) == [0, 2, 5]
+    assert torch.equal(restored.strips["conv1"][0], cb.strips["conv1"][0])
+    assert wider.shape[0] == strip.shape[0] and wider.shape[1] > strip.shape[1]

@@ -1,0 +1,177 @@
+"""The Occlusion callback: panels, mask scores against a brute-force formulation, ranks, a real fit."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tests.test_occlusion import RegionModel
+from zflight.callbacks.base import Probe
+from zflight.callbacks.occlusion import Occlusion, class_colours, legend
+from zflight.data.modules import ShapesDataModule
+from zflight.models import zfnet
+from zflight.module import ClassifierModule
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class FakeContext:
+    """What analyze needs from AnalysisContext; ``all_gather`` repeats this rank's share."""
+
+    def __init__(self, rank: int = 0, world_size: int = 1) -> None:
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self.device = torch.device("cpu")
+        self.gathered: list[int] = []
+
+    def all_gather(self, t: torch.Tensor) -> torch.Tensor:
+        self.gathered.append(t.shape[0])
+        return torch.cat([t] * self.world_size)
+
+    def autocast(self):
+        return contextlib.nullcontext()
+
+
+SIZE, K, STARTS = 20, 6, [0, 4, 8, 12, 14]
+ROWS, COLS = (5, 11), (3, 9)
+
+
+def _region_probe() -> tuple[RegionModel, Probe]:
+    model = RegionModel(
+        SIZE, [(slice(*ROWS), slice(*COLS)), (slice(0, 0), slice(0, 0))], [0.05, 0.0], [0.0, 2.75]
+    )
+    images = torch.stack([torch.full((3, SIZE, SIZE), 1.0), torch.full((3, SIZE, SIZE), 0.5)])
+    masks = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
+    masks[0, ROWS[0] : ROWS[1], COLS[0] : COLS[1]] = True
+    masks[1, 14:, 14:] = True
+    return model, Probe(
+        images, torch.tensor([0, 1]), masks, (0.5,) * 3, (0.3,) * 3, ["left", "right"]
+    )
+
+
+def _brute_force_drop(c: float, label: int) -> np.ndarray:
+    """Per pixel, the mean over the windows covering it of the fall in true-class probability."""
+
+    def p_true(hidden: int) -> float:
+        p0 = 1 / (1 + np.exp(-(0.05 * 3 * c * (36 - hidden) - 2.75)))
+        return p0 if label == 0 else 1 - p0
+
+    base = p_true(0)
+    total, count = np.zeros((SIZE, SIZE)), np.zeros((SIZE, SIZE))
+    for t in STARTS:
+        for left in STARTS:
+            hidden = max(0, min(t + K, ROWS[1]) - max(t, ROWS[0])) * max(
+                0, min(left + K, COLS[1]) - max(left, COLS[0])
+            )
+            total[t : t + K, left : left + K] += base - p_true(hidden)
+            count[t : t + K, left : left + K] += 1
+    return total / count
+
+
+def test_scores_and_panels_on_a_model_with_known_evidence():
+    model, probe = _region_probe()
+    cb = Occlusion(size=K, stride=4, feature_layer="conv1", strict=True)
+    result = cb.analyze(model, probe, FakeContext())
+    hits, shares = [], []
+    for n, (c, label) in enumerate([(1.0, 0), (0.5, 1)]):
+        drop, mask = _brute_force_drop(c, label), probe.masks[n].numpy()
+        hits.append(bool(mask.flat[int(np.argmax(drop))]))
+        positive = np.clip(drop, 0, None)
+        shares.append(positive[mask].sum() / positive.sum() if positive.sum() > 0 else 0.0)
+    assert hits == [True, False]  # image 1: occluding its evidence only raises p(true)
+    assert 0.3 < shares[0] < 0.7  # windows that overlap the mask also drop outside it
+    assert result.scalars["pointing_game"] == pytest.approx(np.mean(hits))
+    assert result.scalars["drop_mass_in_mask"] == pytest.approx(np.mean(shares), abs=1e-5)
+    panels = result.figures["panels"]
+    assert len(panels) == 2 and all(p.image.dtype == np.uint8 and p.image.ndim == 3 for p in panels)
+    assert panels[0].caption == "probe 0: true left, predicted left"
+    tile = SIZE * 7  # enlarged to at least 128 px
+    assert panels[0].image.shape[1] >= 5 * tile  # image, p(true), labels, feature, deconv
+    narrow = Occlusion(size=K, stride=4, feature_layer="conv1", deconv=False, strict=True)
+    assert (
+        narrow.analyze(model, probe, FakeContext()).figures["panels"][0].image.shape[1] < 5 * tile
+    )
+
+
+def test_other_ranks_gather_and_return_nothing():
+    model, probe = _region_probe()
+    cb = Occlusion(size=K, stride=4, feature_layer="conv1", strict=True)
+    ctx = FakeContext(rank=1, world_size=2)
+    assert cb.analyze(model, probe, ctx) is None
+    assert ctx.gathered == [25]  # 2 images x 25 positions, half each, one collective
+
+
+def test_model_without_trunk_gets_three_tiles_and_no_scores():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 3)
+    ).eval()
+    probe = Probe(torch.randn(2, 3, 16, 16), torch.tensor([0, 2]), None)
+    result = Occlusion(size=4, stride=4, strict=True).analyze(model, probe, FakeContext())
+    assert result.scalars == {}
+    panel = result.figures["panels"][0].image
+    assert 3 * 128 <= panel.shape[1] < 4 * 128
+
+
+def test_bad_options_fail_at_construction():
+    with pytest.raises(ValueError, match="fill"):
+        Occlusion(fill="grey")
+    with pytest.raises(ValueError, match="method"):
+        Occlusion(method="fast")
+    with pytest.raises(ValueError, match="stride"):
+        Occlusion(size=8, stride=12)
+
+
+def test_legend_draws_one_swatch_per_class():
+    colours = class_colours(3)
+    assert len(set(colours)) == 3
+    img = legend([(np.array(c), f"class {i}") for i, c in enumerate(colours)], width=80)
+    assert img.shape == (3 * 12 + 2, 80, 3)
+    for k, c in enumerate(colours):
+        assert tuple(img[1 + k * 12 + 5, 6]) == c  # inside the k-th swatch
+
+
+class _Data(ShapesDataModule):
+    def __init__(self) -> None:
+        super().__init__(train_size=64, val_size=16, image_size=64, batch_size=32, cache_dir=None)
+
+
+def test_fit_writes_panels_and_scores(tmp_path):
+    torch.manual_seed(0)
+    module = ClassifierModule(
+        zfnet(num_classes=8, width=0.125, head_pool=2), 8, optimizer="adamw", lr=1e-3
+    )
+    cb = Occlusion(num_probes=3, strict=True)
+    trainer = pl.Trainer(
+        default_root_dir=str(tmp_path),
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        max_epochs=1,
+        limit_train_batches=1,
+        callbacks=[cb],
+    )
+    trainer.fit(module, datamodule=_Data())
+    png = tmp_path / "viz" / "occlusion" / "panels" / "epoch_0000.png"
+    assert png.exists()
+    lines = [
+        json.loads(line) for line in (tmp_path / "viz" / "scalars.jsonl").read_text().splitlines()
+    ]
+    keys = {r["key"] for r in lines}
+    assert {"occlusion/pointing_game", "occlusion/drop_mass_in_mask"} <= keys
+    assert all(0.0 <= r["value"] <= 1.0 for r in lines if r["key"].startswith("occlusion/"))
+    assert cb.logged_epochs == [0]

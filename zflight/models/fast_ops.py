@@ -1,0 +1,142 @@
+"""Exact, faster drop-ins for ZFNet's local response norm and overlapping 3x3/2 max pools.
+
+Both compute what ``nn.LocalResponseNorm`` and ``nn.MaxPool2d`` compute (forward and backward,
+max-pool ties routed to the single first argmax like PyTorch) and subclass them, so code that walks
+a trunk by module type (the deconvnet) still sees standard modules. The path is chosen per call:
+
+- CUDA, eager, triton importable: fused Triton kernels (``zflight.models.triton_kernels``).
+- otherwise the LRN is a plain elementwise-and-shifted-slices formula that Inductor fuses under
+  ``torch.compile`` and that beats ``avg_pool3d`` on CPU; the pool is PyTorch's own.
+
+Configs name them: ``model.lrn=fast``, ``model.pool=fast`` (see ``LRN_IMPLS``, ``POOL_IMPLS``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zflight.models import triton_kernels
+
+
+def window_sum(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Sum over the channel window ``[c - size//2, c + (size-1)//2]`` (zero outside), as LRN uses."""
+    before, after = size // 2, (size - 1) // 2
+    channels = x.shape[1]
+    padded = F.pad(x, (0, 0, 0, 0, before, after))
+    total = padded[:, 0:channels]
+    for j in range(1, size):
+        total = total + padded[:, j : j + channels]
+    return total
+
+
+def lrn_torch(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    """``x / (k + alpha/size * window_sum(x^2))^beta`` as elementwise ops and shifted slices.
+
+    The same definition as ``F.local_response_norm`` without its 5-D ``avg_pool3d``; autograd
+    differentiates it exactly and Inductor fuses it (channels_last or not).
+    """
+    if x.dim() != 4:
+        return F.local_response_norm(x, size, alpha, beta, k)
+    div = window_sum(x * x, size) * (alpha / size) + k
+    return x * div.pow(-beta)
+
+
+class FastLRN(nn.LocalResponseNorm):
+    """``nn.LocalResponseNorm`` with the same constructor and result, computed without avg_pool3d.
+
+    On CUDA in eager mode it runs a fused Triton kernel (forward and backward, fp32 arithmetic,
+    nothing saved but the input); elsewhere ``lrn_torch``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4 and _use_triton(x):
+            return triton_kernels.lrn(x, self.size, self.alpha, self.beta, self.k)
+        return lrn_torch(x, self.size, self.alpha, self.beta, self.k)
+
+
+def pool_output_size(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
+    """Output side of a max pool, with PyTorch's rule that the last window starts inside the input."""
+    span = size + 2 * padding - kernel
+    out = (math.ceil(span / stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+class FastMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` with the same constructor and result and a cheaper backward on CUDA.
+
+    In CUDA eager mode it saves one uint8 offset per window instead of int64 indices and gathers
+    the input gradient in one Triton kernel. Elsewhere it is PyTorch's pool: under torch.compile
+    Inductor already lowers it to the same offsets-and-gather scheme, and the CPU kernels are fast.
+    Dilation, ``return_indices`` and kernels over 16x16 always use PyTorch's pool.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        geometry = _square(self.kernel_size, self.stride, self.padding, self.dilation)
+        if x.dim() != 4 or geometry is None or self.return_indices or not _use_triton(x):
+            return super().forward(x)
+        kernel, stride, padding = geometry
+        out = tuple(
+            pool_output_size(n, kernel, stride, padding, self.ceil_mode) for n in x.shape[2:]
+        )
+        return triton_kernels.max_pool(x, kernel, stride, padding, out)
+
+
+def _square(kernel, stride, padding, dilation) -> tuple[int, int, int] | None:
+    """(kernel, stride, padding) when all are square and undilated and the kernel fits uint8."""
+    vals = []
+    for v in (kernel, stride, padding, dilation):
+        pair = (v, v) if isinstance(v, int) else tuple(v)
+        if pair[0] != pair[1]:
+            return None
+        vals.append(int(pair[0]))
+    k, s, p, d = vals
+    return (k, s, p) if d == 1 and k <= 16 else None
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    """Triton kernels serve CUDA in eager mode; under torch.compile Inductor fuses the plain path."""
+    return x.is_cuda and triton_kernels.available() and not torch.compiler.is_compiling()
+
+
+LRN_IMPLS: dict[str, type[nn.Module]] = {"torch": nn.LocalResponseNorm, "fast": FastLRN}
+POOL_IMPLS: dict[str, type[nn.Module]] = {"torch": nn.MaxPool2d, "fast": FastMaxPool2d}
+
+
+def use_fast_ops(model: nn.Module, lrn: str = "fast", pool: str = "fast") -> nn.Module:
+    """Swap every plain ``nn.LocalResponseNorm`` / ``nn.MaxPool2d`` in ``model`` for the named
+    implementation, same settings; in place, and returned. Works for any CNN, not only ZFNet."""
+    lrn_cls, pool_cls = resolve_impl("lrn", lrn), resolve_impl("pool", pool)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.LocalResponseNorm and lrn_cls is not nn.LocalResponseNorm:
+                setattr(parent, name, lrn_cls(child.size, child.alpha, child.beta, child.k))
+            elif type(child) is nn.MaxPool2d and pool_cls is not nn.MaxPool2d:
+                setattr(
+                    parent,
+                    name,
+                    pool_cls(
+                        child.kernel_size,
+                        child.stride,
+                        child.padding,
+                        child.dilation,
+                        child.return_indices,
+                        child.ceil_mode,
+                    ),
+                )
+    return model
+
+
+def resolve_impl(kind: str, name: str | type[nn.Module]) -> type[nn.Module]:
+    """The module class for ``model.lrn`` / ``model.pool`` given by name (classes pass through)."""
+    if not isinstance(name, str):
+        return name
+    table = {"lrn": LRN_IMPLS, "pool": POOL_IMPLS}[kind]
+    if name not in table:
+        raise KeyError(f"model.{kind}={name!r} is not an implementation; valid: {', '.join(table)}")
+    return table[name]
