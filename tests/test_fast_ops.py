@@ -17,6 +17,7 @@ from torch import nn
 
 from zflight.models import ZFNet
 from zflight.models import triton_kernels as tk
+from zflight.models import triton_pool as tp
 from zflight.models.fast_ops import (
     LRN_IMPLS,
     POOL_IMPLS,
@@ -47,15 +48,33 @@ def _fwd_bwd(fn, x, grad_seed=1):
     return y, x.grad
 
 
-def test_window_sum_matches_explicit_loop():
-    x = torch.arange(2 * 6 * 1 * 2, dtype=torch.float64).view(2, 6, 1, 2)
-    for size in (1, 2, 3, 4, 5):
-        expected = torch.zeros_like(x)
-        for c in range(6):
-            for j in range(c - size // 2, c + (size - 1) // 2 + 1):
-                if 0 <= j < 6:
-                    expected[:, c] += x[:, j]
-        assert torch.equal(window_sum(x, size), expected)
+@pytest.mark.parametrize("channels", [6, 3, 1])
+def test_window_sum_matches_explicit_loop(channels):
+    x = torch.arange(2 * channels * 1 * 2, dtype=torch.float64).view(2, channels, 1, 2) ** 2
+    for size in (1, 2, 3, 4, 5, 8):
+        for transpose in (False, True):
+            before, after = (size - 1) // 2, size // 2
+            if not transpose:
+                before, after = after, before
+            expected = torch.zeros_like(x)
+            for c in range(channels):
+                for j in range(c - before, c + after + 1):
+                    if 0 <= j < channels:
+                        expected[:, c] += x[:, j]
+            assert torch.equal(window_sum(x, size, transpose), expected)
+
+
+@pytest.mark.parametrize("fmt", LAYOUTS)
+@pytest.mark.parametrize("size", [5, 4])
+def test_closed_form_lrn_gradient_equals_autograd(fmt, size):
+    a, b = _pair((3, 7, 4, 3), fmt)
+    ya, ga = _fwd_bwd(lambda x: FastLRN(size, 0.2, 0.75, 1.5)(x), a)
+    yb, gb = _fwd_bwd(lambda x: F.local_response_norm(x, size, 0.2, 0.75, 1.5), b)
+    torch.testing.assert_close(ya, yb, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ga, gb, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda x: FastLRN(size, 0.2, 0.75, 1.5)(x), (a.detach()[:1, :, :2, :2].requires_grad_(),)
+    )
 
 
 @pytest.mark.parametrize("fmt", LAYOUTS)
@@ -189,7 +208,7 @@ def test_interp_triton_max_pool_with_ties(fmt, kernel, stride, padding, ceil_mod
     x = x.contiguous(memory_format=fmt)
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
     out = tuple(pool_output_size(n, kernel, stride, padding, ceil_mode) for n in x.shape[2:])
-    ya = tk.max_pool(a, kernel, stride, padding, out)
+    ya = tp.max_pool(a, kernel, stride, padding, out)
     yb = F.max_pool2d(b, kernel, stride, padding, ceil_mode=ceil_mode)
     g = torch.randint(-4, 5, yb.shape, generator=torch.Generator().manual_seed(1)).float()
     ya.backward(g)
@@ -202,7 +221,7 @@ def test_interp_triton_max_pool_with_ties(fmt, kernel, stride, padding, ceil_mod
 @interp
 def test_interp_triton_max_pool_offsets_and_half_precision():
     x = torch.randn(2, 4, 11, 11, generator=torch.Generator().manual_seed(2)).bfloat16()
-    y, arg = tk.max_pool_forward(x, 3, 2, 1, (6, 6))
+    y, arg = tp.max_pool_forward(x, 3, 2, 1, (6, 6))
     ref, idx = F.max_pool2d(x.float(), 3, 2, 1, return_indices=True)
     assert arg.dtype == torch.uint8 and torch.equal(y.float(), ref)
     oh = torch.arange(6).view(-1, 1)
@@ -211,7 +230,7 @@ def test_interp_triton_max_pool_offsets_and_half_precision():
     cols = ow * 2 - 1 + arg.long() % 3
     assert torch.equal(rows * 11 + cols, idx)
     g = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(3)).bfloat16()
-    gx = tk.max_pool_backward(g, arg, x.shape, 3, 2, 1, channels_last=False)
+    gx = tp.max_pool_backward(g, arg, x.shape, 3, 2, 1, channels_last=False)
     expected = torch.zeros(2, 4, 121).scatter_add_(2, idx.flatten(2), g.float().flatten(2))
     # fp32 sums, one rounding to bf16 (the interpreter truncates where GPUs round): 1 ulp.
     torch.testing.assert_close(gx.float().flatten(2), expected, rtol=2**-7, atol=0)

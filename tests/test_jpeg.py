@@ -117,6 +117,14 @@ def test_worker_and_device_paths_give_the_same_batch_on_cpu(folder):
     assert a[1].tolist() == [0, 0, 0, 1, 1, 1]
 
 
+def test_normalized_dataset_gives_probe_ready_images(folder):
+    pipe = JpegPipeline(size=24, resize=32, decode="device")
+    image, label = pipe.dataset(folder, train=False, normalized=True)[4]
+    assert image.dtype == torch.float32 and image.shape == (3, 24, 24) and label == 1
+    batch = pipe.collate([pipe.dataset(folder, train=False)[4]])
+    assert torch.equal(image, pipe.finish(batch, train=False)[0][0])
+
+
 def test_encoded_images_are_not_moved_by_lightning(folder):
     pipe = JpegPipeline(decode="device")
     batch = pipe.collate([pipe.dataset(folder, train=False)[i] for i in range(2)])

@@ -142,6 +142,8 @@ def load_config(overrides: list[str] | None = None, config_dir: Path = CONFIG_DI
         key, value = item.split("=", 1)
         (choices if key in found else dotted).append((key, value))
     choices.sort(key=lambda kv: kv[0] != "experiment")  # experiment first, then other groups
+    if base is None and "callbacks" not in {g for g, _ in choices}:
+        choices.insert(0, ("callbacks", "default"))  # first, so an experiment can add to or edit it
     cfg = _merge(OmegaConf.structured(TrainConfig), OmegaConf.load(config_dir / "train.yaml"))
     if base is not None:
         cfg.callbacks = {}

@@ -53,7 +53,8 @@ class EncodedImages:
 def decode_jpegs(data: list[torch.Tensor], device: torch.device | str) -> list[torch.Tensor]:
     """RGB uint8 (3, H, W) images on ``device``; one batched nvjpeg call on CUDA.
 
-    Files the batched decoder rejects (a PNG named .JPEG, CMYK) are decoded one by one on the CPU.
+    If the batched decoder rejects a file (a PNG named .JPEG, a CMYK JPEG), that batch is decoded
+    file by file on the CPU instead.
     """
     device = torch.device(device)
     try:
@@ -181,8 +182,14 @@ class JpegPipeline:
         image = decode_jpegs([data], "cpu")[0]
         return self.augment([image], train, generator)[0]
 
-    def dataset(self, root: str | Path, train: bool) -> JpegFolder:
-        """The items of ``root/<class>/*.jpg`` as this pipeline's workers should produce them."""
+    def dataset(self, root: str | Path, train: bool, normalized: bool = False) -> JpegFolder:
+        """The items of ``root/<class>/*.jpg`` as this pipeline's DataLoader workers produce them.
+
+        ``normalized=True``: finished float images instead, decoded in the caller (for the
+        visual callbacks' probe set, which indexes the validation data set directly).
+        """
+        if normalized:
+            return JpegFolder(root, self, train, normalize=True)
         return JpegFolder(root, self if self.decode == "workers" else None, train)
 
     def collate(self, samples: list[tuple[torch.Tensor, int]]) -> tuple[Any, torch.Tensor]:
@@ -204,19 +211,23 @@ class JpegPipeline:
 
 
 class JpegFolder(Dataset):
-    """ImageFolder-layout JPEGs: ``(file bytes, label)``, or ``(uint8 crop, label)`` given a pipeline."""
+    """ImageFolder-layout JPEGs: ``(file bytes, label)``, or with a pipeline ``(uint8 crop, label)``,
+    or with ``normalize`` too ``(normalised float crop, label)``."""
 
     def __init__(
         self,
         root: str | Path,
         pipeline: JpegPipeline | None = None,
         train: bool = False,
+        normalize: bool = False,
         extensions: tuple[str, ...] = (".jpg", ".jpeg"),
     ) -> None:
+        if normalize and pipeline is None:
+            raise ValueError("normalize=True needs a pipeline")
         self.root = Path(root)
         self.classes, self.class_to_idx = find_classes(str(self.root))
         self.samples = make_dataset(str(self.root), self.class_to_idx, extensions=extensions)
-        self.pipeline, self.train = pipeline, train
+        self.pipeline, self.train, self.normalize = pipeline, train, normalize
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -224,6 +235,9 @@ class JpegFolder(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
         data = read_file(path)
-        if self.pipeline is not None:
-            return self.pipeline.load(data, self.train), label
-        return data, label
+        if self.pipeline is None:
+            return data, label
+        image = self.pipeline.load(data, self.train)
+        if self.normalize:
+            image = self.pipeline.normalize(image[None])[0]
+        return image, label

@@ -4,9 +4,10 @@ Both compute what ``nn.LocalResponseNorm`` and ``nn.MaxPool2d`` compute (forward
 max-pool ties routed to the single first argmax like PyTorch) and subclass them, so code that walks
 a trunk by module type (the deconvnet) still sees standard modules. The path is chosen per call:
 
-- CUDA, eager, triton importable: fused Triton kernels (``zflight.models.triton_kernels``).
-- otherwise the LRN is a plain elementwise-and-shifted-slices formula that Inductor fuses under
-  ``torch.compile`` and that beats ``avg_pool3d`` on CPU; the pool is PyTorch's own.
+- CUDA, eager, triton importable: fused Triton kernels (``triton_kernels``, ``triton_pool``).
+- otherwise the LRN is a plain elementwise-and-shifted-slices formula, which Inductor fuses under
+  ``torch.compile``, and in eager mode gets a closed-form backward (2-4x faster than
+  ``avg_pool3d`` on a CPU); the pool is PyTorch's own.
 
 Configs name them: ``model.lrn=fast``, ``model.pool=fast`` (see ``LRN_IMPLS``, ``POOL_IMPLS``).
 """
@@ -18,18 +19,26 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
-from zflight.models import triton_kernels
+from zflight.models import triton_kernels, triton_pool
 
 
-def window_sum(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Sum over the channel window ``[c - size//2, c + (size-1)//2]`` (zero outside), as LRN uses."""
+def window_sum(x: torch.Tensor, size: int, transpose: bool = False) -> torch.Tensor:
+    """Sum over the channel window ``[c - size//2, c + (size-1)//2]`` (zero outside), as LRN uses.
+
+    ``transpose=True`` sums over the mirrored window ``[c - (size-1)//2, c + size//2]``: the
+    adjoint, which the LRN gradient needs (the same window when ``size`` is odd).
+    """
     before, after = size // 2, (size - 1) // 2
+    if transpose:
+        before, after = after, before
     channels = x.shape[1]
-    padded = F.pad(x, (0, 0, 0, 0, before, after))
-    total = padded[:, 0:channels]
-    for j in range(1, size):
-        total = total + padded[:, j : j + channels]
+    total = x.clone()
+    for d in range(1, min(before, channels - 1) + 1):
+        total[:, d:] += x[:, : channels - d]
+    for d in range(1, min(after, channels - 1) + 1):
+        total[:, : channels - d] += x[:, d:]
     return total
 
 
@@ -45,17 +54,45 @@ def lrn_torch(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -
     return x * div.pow(-beta)
 
 
+class _LRNFunction(torch.autograd.Function):
+    """``lrn_torch`` with its gradient in closed form: three saved tensors, a dozen kernels.
+
+    ``gx = g d^-b - (2 a b / n) x window_sum^T(g x d^-b / d)`` with ``d = k + a/n window_sum(x^2)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float):
+        div = window_sum(x * x, size).mul_(alpha / size).add_(k)
+        scale = div.pow(-beta)
+        ctx.save_for_backward(x, div, scale)
+        ctx.args = (size, alpha, beta)
+        return x * scale
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        x, div, scale = ctx.saved_tensors
+        size, alpha, beta = ctx.args
+        spread = window_sum(g * x * scale / div, size, transpose=True)
+        return g * scale - (2 * alpha * beta / size) * x * spread, None, None, None, None
+
+
 class FastLRN(nn.LocalResponseNorm):
     """``nn.LocalResponseNorm`` with the same constructor and result, computed without avg_pool3d.
 
     On CUDA in eager mode it runs a fused Triton kernel (forward and backward, fp32 arithmetic,
-    nothing saved but the input); elsewhere ``lrn_torch``.
+    nothing saved but the input); under torch.compile ``lrn_torch`` for Inductor to fuse;
+    otherwise the same formula with a closed-form backward (no double backward).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4 and _use_triton(x):
+        if x.dim() != 4:
+            return super().forward(x)
+        if _use_triton(x):
             return triton_kernels.lrn(x, self.size, self.alpha, self.beta, self.k)
-        return lrn_torch(x, self.size, self.alpha, self.beta, self.k)
+        if torch.compiler.is_compiling():
+            return lrn_torch(x, self.size, self.alpha, self.beta, self.k)
+        return _LRNFunction.apply(x, self.size, self.alpha, self.beta, self.k)
 
 
 def pool_output_size(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
@@ -84,7 +121,7 @@ class FastMaxPool2d(nn.MaxPool2d):
         out = tuple(
             pool_output_size(n, kernel, stride, padding, self.ceil_mode) for n in x.shape[2:]
         )
-        return triton_kernels.max_pool(x, kernel, stride, padding, out)
+        return triton_pool.max_pool(x, kernel, stride, padding, out)
 
 
 def _square(kernel, stride, padding, dilation) -> tuple[int, int, int] | None:
@@ -101,7 +138,7 @@ def _square(kernel, stride, padding, dilation) -> tuple[int, int, int] | None:
 
 def _use_triton(x: torch.Tensor) -> bool:
     """Triton kernels serve CUDA in eager mode; under torch.compile Inductor fuses the plain path."""
-    return x.is_cuda and triton_kernels.available() and not torch.compiler.is_compiling()
+    return not torch.compiler.is_compiling() and x.is_cuda and triton_kernels.available()
 
 
 LRN_IMPLS: dict[str, type[nn.Module]] = {"torch": nn.LocalResponseNorm, "fast": FastLRN}
