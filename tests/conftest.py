@@ -15,10 +15,21 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore")
 def tiny_overrides(run_dir: Path, *extra: str) -> list[str]:
     """A run that takes seconds: 32 px shapes, a narrow ZFNet, two epochs, CSV logging."""
     return [
-        "data.train_size=128", "data.val_size=32", "data.image_size=64", "data.batch_size=32",
-        "data.cache_dir=null", "model.width=0.125", "model.head_pool=1", "trainer.max_epochs=2",
-        "trainer.progress=false", "trainer.log_every_n_steps=1", "trainer.accelerator=cpu", "logger=csv", "callbacks=none",
-        f"run_dir={run_dir}", *extra,
+        "data.train_size=128",
+        "data.val_size=32",
+        "data.image_size=64",
+        "data.batch_size=32",
+        "data.cache_dir=null",
+        "model.width=0.125",
+        "model.head_pool=1",
+        "trainer.max_epochs=2",
+        "trainer.progress=false",
+        "trainer.log_every_n_steps=1",
+        "trainer.accelerator=cpu",
+        "logger=csv",
+        "callbacks=none",
+        f"run_dir={run_dir}",
+        *extra,
     ]
 
 

@@ -22,10 +22,15 @@ class Recording(VisualizationCallback):
         gathered = ctx.all_gather(torch.ones(3, device=ctx.device) * (ctx.rank + 1))
         images = probe.display()
         return VizResult(
-            figures={"probe": [Figure(im, f"label {int(y)}") for im, y in zip(images, probe.labels)],
-                     "first": images[0]},
-            scalars={"gathered_sum": float(gathered.sum()), "world": float(ctx.world_size),
-                     "probe_checksum": float(probe.images.double().sum())},
+            figures={
+                "probe": [Figure(im, f"label {int(y)}") for im, y in zip(images, probe.labels)],
+                "first": images[0],
+            },
+            scalars={
+                "gathered_sum": float(gathered.sum()),
+                "world": float(ctx.world_size),
+                "probe_checksum": float(probe.images.double().sum()),
+            },
         )
 
     def state_dict(self):

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import tiny_overrides
-from tests.helpers import Meddling, Recording
+from tests.helpers import Meddling
 from zflight.callbacks.base import Probe, VisualizationCallback, isolated
 from zflight.data import ShapesDataset
 from zflight.models import create_model
@@ -23,8 +23,13 @@ REC = "callbacks.rec._target_=tests.helpers.Recording"
 
 
 def fake_trainer(epoch, max_epochs=10, sanity=False, fast_dev_run=False, fn="fit"):
-    return SimpleNamespace(current_epoch=epoch, max_epochs=max_epochs, sanity_checking=sanity,
-                           fast_dev_run=fast_dev_run, state=SimpleNamespace(fn=fn))
+    return SimpleNamespace(
+        current_epoch=epoch,
+        max_epochs=max_epochs,
+        sanity_checking=sanity,
+        fast_dev_run=fast_dev_run,
+        state=SimpleNamespace(fn=fn),
+    )
 
 
 def test_schedule():
@@ -42,22 +47,37 @@ def test_schedule():
 def test_probe_is_seeded_and_fixed():
     ds = ShapesDataset(50, image_size=64)
     a, b = Probe.from_dataset(ds, 6, seed=1), Probe.from_dataset(ds, 6, seed=1)
-    assert a.indices == b.indices and torch.equal(a.images, b.images) and a.masks.shape == (6, 64, 64)
+    assert (
+        a.indices == b.indices and torch.equal(a.images, b.images) and a.masks.shape == (6, 64, 64)
+    )
     assert Probe.from_dataset(ds, 6, seed=2).indices != a.indices
     assert torch.equal(a.labels, ds.labels[a.indices])
 
 
 def test_runs_on_schedule_and_writes_pngs_gallery_scalars(tmp_path):
-    r = train(tiny_overrides(tmp_path / "run", "trainer.max_epochs=4", REC,
-                             "callbacks.rec.every_n_epochs=2", "callbacks.rec.on_last_epoch=false"))
+    r = train(
+        tiny_overrides(
+            tmp_path / "run",
+            "trainer.max_epochs=4",
+            REC,
+            "callbacks.rec.every_n_epochs=2",
+            "callbacks.rec.on_last_epoch=false",
+        )
+    )
     viz = Path(r["run_dir"]) / "viz"
-    assert sorted(p.name for p in (viz / "recording" / "probe").iterdir()) == ["epoch_0001.png", "epoch_0003.png"]
+    assert sorted(p.name for p in (viz / "recording" / "probe").iterdir()) == [
+        "epoch_0001.png",
+        "epoch_0003.png",
+    ]
     png = Image.open(viz / "recording" / "first" / "epoch_0001.png")
     assert png.size == (64, 64) and png.mode == "RGB"
     html = (viz / "index.html").read_text()
     assert "recording/probe/epoch_0003.png" in html and "epoch 1" in html
     rows = [json.loads(line) for line in (viz / "scalars.jsonl").read_text().splitlines()]
-    assert [(x["epoch"], x["value"]) for x in rows if x["key"] == "recording/gathered_sum"] == [(1, 3.0), (3, 3.0)]
+    assert [(x["epoch"], x["value"]) for x in rows if x["key"] == "recording/gathered_sum"] == [
+        (1, 3.0),
+        (3, 3.0),
+    ]
     checksums = {x["value"] for x in rows if x["key"] == "recording/probe_checksum"}
     assert len(checksums) == 1, "the same probe images every epoch"
 
@@ -66,8 +86,13 @@ def test_error_is_isolated_and_state_restored(tmp_path):
     r = train(tiny_overrides(tmp_path / "run", "callbacks.m._target_=tests.helpers.Meddling"))
     assert r["epochs"] == 2, "training went on despite the failing callback"
     with pytest.raises(RuntimeError, match="analysis exploded"):
-        train(tiny_overrides(tmp_path / "strict", "callbacks.m._target_=tests.helpers.Meddling",
-                             "callbacks.m.strict=true"))
+        train(
+            tiny_overrides(
+                tmp_path / "strict",
+                "callbacks.m._target_=tests.helpers.Meddling",
+                "callbacks.m.strict=true",
+            )
+        )
 
 
 def test_isolated_restores_modes_hooks_grads_and_rng():
@@ -88,8 +113,14 @@ def test_isolated_restores_modes_hooks_grads_and_rng():
 
 def test_same_weights_with_and_without_callbacks(tmp_path):
     a = train(tiny_overrides(tmp_path / "a"))
-    b = train(tiny_overrides(tmp_path / "b", REC, "callbacks.m._target_=tests.helpers.Meddling",
-                             "callbacks.m.fail=false"))
+    b = train(
+        tiny_overrides(
+            tmp_path / "b",
+            REC,
+            "callbacks.m._target_=tests.helpers.Meddling",
+            "callbacks.m.fail=false",
+        )
+    )
     sa = torch.load(a["last_ckpt"], weights_only=False)["state_dict"]
     sb = torch.load(b["last_ckpt"], weights_only=False)["state_dict"]
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -100,7 +131,15 @@ def test_state_survives_resume(tmp_path):
     train(tiny_overrides(run, "trainer.max_epochs=2", "optim.schedule=none", REC))
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["callbacks"]["Recording[recording]"]["history"] == [0, 1]
-    train(tiny_overrides(run, "trainer.max_epochs=3", "optim.schedule=none", REC, f"resume={run / 'checkpoints' / 'last.ckpt'}"))
+    train(
+        tiny_overrides(
+            run,
+            "trainer.max_epochs=3",
+            "optim.schedule=none",
+            REC,
+            f"resume={run / 'checkpoints' / 'last.ckpt'}",
+        )
+    )
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["callbacks"]["Recording[recording]"]["history"] == [0, 1, 2]
 
@@ -119,12 +158,20 @@ def test_images_reach_wandb_and_tensorboard(tmp_path):
 @pytest.mark.slow
 def test_ddp_rank_zero_writes_once_and_no_hang(tmp_path):
     run = tmp_path / "ddp"
-    p = subprocess.run([sys.executable, "-m", "zflight.train",
-                        *tiny_overrides(run, "trainer.devices=2", REC)],
-                       capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    p = subprocess.run(
+        [sys.executable, "-m", "zflight.train", *tiny_overrides(run, "trainer.devices=2", REC)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     rows = [json.loads(line) for line in (run / "viz" / "scalars.jsonl").read_text().splitlines()]
     gathered = [x["value"] for x in rows if x["key"] == "recording/gathered_sum"]
-    assert gathered == [9.0, 9.0], "one row per epoch, rank 0 only; all_gather saw both ranks (3*1 + 3*2)"
+    assert gathered == [9.0, 9.0], (
+        "one row per epoch, rank 0 only; all_gather saw both ranks (3*1 + 3*2)"
+    )
     assert sorted(p.name for p in (run / "viz" / "recording" / "probe").iterdir()) == [
-        "epoch_0000.png", "epoch_0001.png"]
+        "epoch_0000.png",
+        "epoch_0001.png",
+    ]

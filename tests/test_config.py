@@ -14,9 +14,16 @@ def test_defaults_and_overrides():
 
 def test_experiment_and_group_choice():
     cfg = load_config(["experiment=imagenet", "data.root=/tmp", "logger=csv"])
-    assert cfg.data.image_size == 224 and cfg.optim.schedule == "plateau" and cfg.logger.name == "csv"
+    assert (
+        cfg.data.image_size == 224 and cfg.optim.schedule == "plateau" and cfg.logger.name == "csv"
+    )
     # command-line keys win over the experiment
-    assert load_config(["experiment=imagenet", "data.root=/x", "trainer.max_epochs=2"]).trainer.max_epochs == 2
+    assert (
+        load_config(
+            ["experiment=imagenet", "data.root=/x", "trainer.max_epochs=2"]
+        ).trainer.max_epochs
+        == 2
+    )
 
 
 def test_unknown_key_names_key_and_choices():
@@ -53,4 +60,6 @@ def test_instantiate_reports_bad_arguments():
     with pytest.raises(ConfigError, match="callbacks.m._target_='nope.Nope' cannot be imported"):
         instantiate({"_target_": "nope.Nope"}, "callbacks.m")
     with pytest.raises(ConfigError, match="callbacks.e: .*takes: every_n_epochs"):
-        instantiate({"_target_": "zflight.callbacks.base.VisualizationCallback", "evry": 1}, "callbacks.e")
+        instantiate(
+            {"_target_": "zflight.callbacks.base.VisualizationCallback", "evry": 1}, "callbacks.e"
+        )

@@ -64,10 +64,14 @@ def test_shape_areas_match_geometry():
 
 
 def test_datamodule_cache_roundtrip(tmp_path):
-    dm = ShapesDataModule(train_size=16, val_size=8, image_size=32, batch_size=4, cache_dir=str(tmp_path))
+    dm = ShapesDataModule(
+        train_size=16, val_size=8, image_size=32, batch_size=4, cache_dir=str(tmp_path)
+    )
     dm.setup("fit")
     assert len(list(tmp_path.glob("shapes-*.pt"))) == 2
-    dm2 = ShapesDataModule(train_size=16, val_size=8, image_size=32, batch_size=4, cache_dir=str(tmp_path))
+    dm2 = ShapesDataModule(
+        train_size=16, val_size=8, image_size=32, batch_size=4, cache_dir=str(tmp_path)
+    )
     dm2.setup("fit")
     assert torch.equal(dm.train_dataset.images, dm2.train_dataset.images)
     images, labels, masks = next(iter(dm.train_dataloader()))

@@ -16,11 +16,21 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
     def hook(m, inputs, out):
         nonlocal total
         if isinstance(m, nn.Conv2d):
-            total += out.numel() // out.shape[0] * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+            total += (
+                out.numel()
+                // out.shape[0]
+                * (m.in_channels // m.groups)
+                * m.kernel_size[0]
+                * m.kernel_size[1]
+            )
         else:
             total += m.in_features * m.out_features
 
-    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hs = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     with torch.no_grad():
         model(x)
     for h in hs:
@@ -50,8 +60,9 @@ def test_map_sizes_match_paper(zfnet):
         for name, m in zfnet.features.named_children():
             x = m(x)
             sizes[name] = x.shape[-1]
-    assert [sizes[k] for k in ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5")] == [
-        110, 55, 26, 13, 13, 13, 13, 6]
+    assert [
+        sizes[k] for k in ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5")
+    ] == [110, 55, 26, 13, 13, 13, 13, 6]
     assert zfnet.layer("conv1").kernel_size == (7, 7) and zfnet.layer("conv1").stride == (2, 2)
     assert zfnet.layer("fc8").out_features == 1000 and zfnet.layer("fc6").out_features == 4096
 

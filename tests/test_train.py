@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +39,14 @@ def test_resume_continues_where_it_stopped(tmp_path):
     train(tiny_overrides(run, "trainer.max_epochs=1", "optim.schedule=step"))
     first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert first["epoch"] == 0
-    r = train(tiny_overrides(run, "trainer.max_epochs=3", "optim.schedule=step", f"resume={run / 'checkpoints' / 'last.ckpt'}"))
+    r = train(
+        tiny_overrides(
+            run,
+            "trainer.max_epochs=3",
+            "optim.schedule=step",
+            f"resume={run / 'checkpoints' / 'last.ckpt'}",
+        )
+    )
     assert r["epochs"] == 3
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["epoch"] == 2 and last["global_step"] == 3 * first["global_step"]
@@ -64,10 +71,18 @@ def test_wandb_offline_run_holds_metrics(tiny, monkeypatch):
     assert (Path(r["run_dir"]) / "wandb-id.txt").read_text().strip() in offline[0].name
 
 
-def _run(args: list[str], env_extra: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def _run(
+    args: list[str], env_extra: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=Path(__file__).resolve().parent.parent)
+    return subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
 
 
 @pytest.mark.slow
@@ -78,14 +93,27 @@ def test_ddp_two_cpu_processes_log_once(tmp_path):
     assert p.stdout.count("final validation accuracy") == 1, "only rank 0 prints the summary"
     rows = [row for row in read_metrics(run) if row["val/acc1"]]
     assert [int(row["epoch"]) for row in rows] == [0, 1], "metrics logged once per epoch"
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last-epoch=1.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "best.ckpt",
+        "last-epoch=1.ckpt",
+        "last.ckpt",
+    ]
 
 
 @pytest.mark.slow
 def test_torchrun_two_processes(tmp_path):
     run = tmp_path / "torchrun"
-    p = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "zflight.train",
-              *tiny_overrides(run, "trainer.devices=2", "trainer.max_epochs=1")])
+    p = _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "-m",
+            "zflight.train",
+            *tiny_overrides(run, "trainer.devices=2", "trainer.max_epochs=1"),
+        ]
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.count("final validation accuracy") == 1
     assert (run / "checkpoints" / "last.ckpt").exists()

@@ -28,8 +28,8 @@ class ModelConfig:
     head_pool: int = 6
     dropout: float = 0.5
     init: str = "kaiming"
-    lrn: str = "torch"
-    pool: str = "torch"
+    lrn: str = "fast"
+    pool: str = "fast"
 
 
 @dataclass
@@ -44,6 +44,7 @@ class DataConfig:
     batch_size: int = 128
     num_workers: int = 0
     ten_crop: bool = False
+    decode: str = "auto"
     cache_dir: str | None = "~/.cache/zflight"
 
 
@@ -112,6 +113,7 @@ class TrainConfig:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.name": ("shapes", "imagefolder"),
+    "data.decode": ("auto", "device", "workers", "torchvision"),
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("none", "step", "plateau", "cosine", "onecycle"),
     "model.init": ("kaiming", "paper"),
@@ -126,11 +128,18 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 def groups(config_dir: Path = CONFIG_DIR) -> dict[str, list[str]]:
     """Config groups (sub-folders of ``configs/``) and the names of the files in each."""
-    return {d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in sorted(config_dir.iterdir()) if d.is_dir()}
+    return {
+        d.name: sorted(p.stem for p in d.glob("*.yaml"))
+        for d in sorted(config_dir.iterdir())
+        if d.is_dir()
+    }
 
 
-def load_config(overrides: list[str] | None = None, config_dir: Path = CONFIG_DIR,
-                base: DictConfig | None = None) -> DictConfig:
+def load_config(
+    overrides: list[str] | None = None,
+    config_dir: Path = CONFIG_DIR,
+    base: DictConfig | None = None,
+) -> DictConfig:
     """Merge schema <- train.yaml [<- base] <- experiment <- group choices <- dotted overrides, then
     validate. ``base`` is a saved run's config (post-hoc visualisation starts from it)."""
     overrides = list(overrides or [])
@@ -151,12 +160,16 @@ def load_config(overrides: list[str] | None = None, config_dir: Path = CONFIG_DI
     for group, value in choices:
         path = config_dir / group / f"{value}.yaml"
         if not path.exists():
-            raise ConfigError(f"{group}={value!r}: no such {group}; valid choices: {', '.join(found[group])}")
+            raise ConfigError(
+                f"{group}={value!r}: no such {group}; valid choices: {', '.join(found[group])}"
+            )
         content = OmegaConf.load(path)
         if group == "callbacks":  # a callback set replaces the current one rather than adding to it
             cfg.callbacks = content
         else:
-            cfg = _merge(cfg, content if group == "experiment" else OmegaConf.create({group: content}))
+            cfg = _merge(
+                cfg, content if group == "experiment" else OmegaConf.create({group: content})
+            )
     try:
         dotted_cfg = OmegaConf.from_dotlist([f"{k}={v}" for k, v in dotted])
     except OmegaConfBaseException as exc:
@@ -176,13 +189,17 @@ def _merge(cfg: DictConfig, layer: DictConfig) -> DictConfig:
         valid = sorted(node.keys()) if isinstance(node, DictConfig) else []
         close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1)
         hint = f" (did you mean {parent + '.' if parent else ''}{close[0]}?)" if close else ""
-        raise ConfigError(f"unknown config key {key!r}{hint}; valid keys under "
-                          f"{parent or 'the top level'}: {', '.join(valid)}") from None
+        raise ConfigError(
+            f"unknown config key {key!r}{hint}; valid keys under "
+            f"{parent or 'the top level'}: {', '.join(valid)}"
+        ) from None
     except ValidationError as exc:
         key = getattr(exc, "full_key", "?")
         node = OmegaConf.select(cfg, key, throw_on_missing=False) if key != "?" else None
         expected = type(node).__name__ if node is not None else "another type"
-        raise ConfigError(f"wrong type for config key {key!r}: expected {expected}; {exc.msg}") from None
+        raise ConfigError(
+            f"wrong type for config key {key!r}: expected {expected}; {exc.msg}"
+        ) from None
 
 
 def validate(cfg: DictConfig) -> None:
@@ -203,13 +220,17 @@ def validate(cfg: DictConfig) -> None:
         if spec is None:
             continue
         if not isinstance(spec, DictConfig) or "_target_" not in spec:
-            raise ConfigError(f"callbacks.{name} must be a mapping with a _target_ (a class path), "
-                              f"or null to switch it off")
+            raise ConfigError(
+                f"callbacks.{name} must be a mapping with a _target_ (a class path), "
+                f"or null to switch it off"
+            )
 
 
 def instantiate(spec: DictConfig | dict, key: str, **extra: Any) -> Any:
     """Build ``spec["_target_"](**rest, **extra)``; errors name the config key and the valid arguments."""
-    spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
+    spec = (
+        OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
+    )
     target = spec.pop("_target_")
     module_name, _, attr = target.rpartition(".")
     try:
@@ -220,7 +241,9 @@ def instantiate(spec: DictConfig | dict, key: str, **extra: Any) -> Any:
     try:
         inspect.signature(obj).bind(**kwargs)
     except TypeError as exc:
-        params = [p for p in inspect.signature(obj).parameters if p not in ("self", "args", "kwargs")]
+        params = [
+            p for p in inspect.signature(obj).parameters if p not in ("self", "args", "kwargs")
+        ]
         raise ConfigError(f"{key}: {exc}; {target} takes: {', '.join(params)}") from None
     return obj(**kwargs)
 

@@ -29,29 +29,46 @@ class ClassifierModule(pl.LightningModule):
         compile: wrap the network in ``torch.compile`` for training.
     """
 
-    def __init__(self, model: nn.Module, num_classes: int, optimizer: str = "sgd", lr: float = 1e-2,
-                 momentum: float = 0.9, weight_decay: float = 5e-4, schedule: str = "step",
-                 step_size: int = 30, gamma: float = 0.1, patience: int = 3, pct_start: float = 0.25,
-                 channels_last: bool = False, compile: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        optimizer: str = "sgd",
+        lr: float = 1e-2,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        schedule: str = "step",
+        step_size: int = 30,
+        gamma: float = 0.1,
+        patience: int = 3,
+        pct_start: float = 0.25,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
         super().__init__()
         if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optim.name must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
+            raise ValueError(
+                f"optim.name must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}"
+            )
         if schedule not in SCHEDULES:
-            raise ValueError(f"optim.schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}")
+            raise ValueError(
+                f"optim.schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}"
+            )
         self.save_hyperparameters(ignore=["model"])
         self.model = model
         self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self._forward = torch.compile(self.model) if compile else self.model
-        self.train_acc = MulticlassAccuracy(num_classes, top_k=1)
+        if compile:
+            self.model.compile()  # in place: checkpoints keep the plain parameter names
+        self.train_acc = MulticlassAccuracy(num_classes, top_k=1, validate_args=False)
         self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1)
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return self._forward(images)
+        return self.model(images)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         images, labels = batch[0], batch[1]
@@ -80,7 +97,10 @@ class ClassifierModule(pl.LightningModule):
         hp = self.hparams
         decay = [p for p in self.model.parameters() if p.ndim > 1]
         no_decay = [p for p in self.model.parameters() if p.ndim <= 1]
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [
+            {"params": decay, "weight_decay": hp.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
         if hp.optimizer == "sgd":
             opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
         else:
@@ -90,13 +110,25 @@ class ClassifierModule(pl.LightningModule):
         if hp.schedule == "step":
             sched = {"scheduler": torch.optim.lr_scheduler.StepLR(opt, hp.step_size, hp.gamma)}
         elif hp.schedule == "plateau":
-            sched = {"scheduler": torch.optim.lr_scheduler.ReduceLROnPlateau(opt, "max", hp.gamma, hp.patience),
-                     "monitor": "val/acc1"}
+            sched = {
+                "scheduler": torch.optim.lr_scheduler.ReduceLROnPlateau(
+                    opt, "max", hp.gamma, hp.patience
+                ),
+                "monitor": "val/acc1",
+            }
         elif hp.schedule == "cosine":
-            sched = {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.trainer.max_epochs)}
+            sched = {
+                "scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(
+                    opt, self.trainer.max_epochs
+                )
+            }
         else:
             total = max(int(self.trainer.estimated_stepping_batches), 4)
             pct = min(max(hp.pct_start, 2.0 / total), 0.5)  # both phases at least two steps long
-            sched = {"scheduler": torch.optim.lr_scheduler.OneCycleLR(opt, hp.lr, total_steps=total, pct_start=pct),
-                     "interval": "step"}
+            sched = {
+                "scheduler": torch.optim.lr_scheduler.OneCycleLR(
+                    opt, hp.lr, total_steps=total, pct_start=pct
+                ),
+                "interval": "step",
+            }
         return {"optimizer": opt, "lr_scheduler": sched}

@@ -24,18 +24,33 @@ from zflight.strategy import build_strategy
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
     d = cfg.data
     if d.name == "shapes":
-        return ShapesDataModule(d.train_size, d.val_size, d.image_size, d.num_classes, d.batch_size,
-                                d.num_workers, cfg.seed, d.cache_dir)
+        return ShapesDataModule(
+            d.train_size,
+            d.val_size,
+            d.image_size,
+            d.num_classes,
+            d.batch_size,
+            d.num_workers,
+            cfg.seed,
+            d.cache_dir,
+        )
     try:
-        return ImageFolderDataModule(d.root, d.image_size, d.resize, d.batch_size, d.num_workers, d.ten_crop)
+        return ImageFolderDataModule(
+            d.root, d.image_size, d.resize, d.batch_size, d.num_workers, d.ten_crop
+        )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
 
 def build_model(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
     m = cfg.model
-    kwargs: dict[str, Any] = dict(num_classes=num_classes, width=m.width, head_pool=m.head_pool,
-                                  dropout=m.dropout, init=m.init)
+    kwargs: dict[str, Any] = dict(
+        num_classes=num_classes,
+        width=m.width,
+        head_pool=m.head_pool,
+        dropout=m.dropout,
+        init=m.init,
+    )
     if m.lrn != "torch" or m.pool != "torch":
         from zflight.models.fast_ops import LRN_IMPLS, POOL_IMPLS
 
@@ -79,8 +94,15 @@ def build_logger(cfg: DictConfig, run_dir: Path) -> Any:
     os.environ.setdefault("WANDB_SILENT", "true")
     id_file = run_dir / "wandb-id.txt"
     run_id = id_file.read_text().strip() if id_file.exists() else None
-    logger = WandbLogger(project=lg.project, entity=lg.entity, name=run_dir.name, save_dir=str(run_dir),
-                         mode=mode, id=run_id, resume="allow" if run_id else None)
+    logger = WandbLogger(
+        project=lg.project,
+        entity=lg.entity,
+        name=run_dir.name,
+        save_dir=str(run_dir),
+        mode=mode,
+        id=run_id,
+        resume="allow" if run_id else None,
+    )
     return logger
 
 
@@ -105,9 +127,13 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
     return Path(os.environ["ZFLIGHT_RUN_DIR"])
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[pl.Callback], logger: Any) -> pl.Trainer:
+def build_trainer(
+    cfg: DictConfig, run_dir: Path, callbacks: list[pl.Callback], logger: Any
+) -> pl.Trainer:
     t = cfg.trainer
-    on_gpu = t.accelerator in ("gpu", "cuda") or (t.accelerator == "auto" and torch.cuda.is_available())
+    on_gpu = t.accelerator in ("gpu", "cuda") or (
+        t.accelerator == "auto" and torch.cuda.is_available()
+    )
     precision = t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
     devices = t.devices
     n_dev = devices if isinstance(devices, int) else (torch.cuda.device_count() if on_gpu else 1)
@@ -122,11 +148,21 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[pl.Callback], 
     ]
     extra = [LearningRateMonitor("step")] if logger else []
     return pl.Trainer(
-        default_root_dir=str(run_dir), accelerator=t.accelerator, devices=devices, num_nodes=t.num_nodes,
-        strategy=strategy, precision=precision, max_epochs=t.max_epochs, logger=logger,
-        callbacks=[*checkpoints, *extra, *callbacks], log_every_n_steps=t.log_every_n_steps,
-        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
-        deterministic=t.deterministic, enable_progress_bar=t.progress, num_sanity_val_steps=0,
+        default_root_dir=str(run_dir),
+        accelerator=t.accelerator,
+        devices=devices,
+        num_nodes=t.num_nodes,
+        strategy=strategy,
+        precision=precision,
+        max_epochs=t.max_epochs,
+        logger=logger,
+        callbacks=[*checkpoints, *extra, *callbacks],
+        log_every_n_steps=t.log_every_n_steps,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        deterministic=t.deterministic,
+        enable_progress_bar=t.progress,
+        num_sanity_val_steps=0,
     )
 
 
@@ -137,11 +173,26 @@ def train(overrides: list[str] | None = None) -> dict[str, Any]:
     run_dir = resolve_run_dir(cfg)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule.num_classes)
-    on_gpu = cfg.trainer.accelerator in ("gpu", "cuda") or (cfg.trainer.accelerator == "auto" and torch.cuda.is_available())
+    on_gpu = cfg.trainer.accelerator in ("gpu", "cuda") or (
+        cfg.trainer.accelerator == "auto" and torch.cuda.is_available()
+    )
     channels_last = {"auto": on_gpu, "true": True, "false": False}[cfg.trainer.channels_last]
     o = cfg.optim
-    module = ClassifierModule(model, datamodule.num_classes, o.name, o.lr, o.momentum, o.weight_decay, o.schedule,
-                              o.step_size, o.gamma, o.patience, o.pct_start, channels_last, cfg.trainer.compile)
+    module = ClassifierModule(
+        model,
+        datamodule.num_classes,
+        o.name,
+        o.lr,
+        o.momentum,
+        o.weight_decay,
+        o.schedule,
+        o.step_size,
+        o.gamma,
+        o.patience,
+        o.pct_start,
+        channels_last,
+        cfg.trainer.compile,
+    )
     logger = build_logger(cfg, run_dir)
     trainer = build_trainer(cfg, run_dir, build_callbacks(cfg), logger)
     if trainer.is_global_zero:
@@ -196,7 +247,9 @@ def _print_summary(r: dict[str, Any]) -> None:
         f"pictures:       {Path(r['run_dir']) / 'viz' / 'index.html'}",
     ]
     if r["wandb_dir"]:
-        lines.append(f"W&B run:        {r['wandb_dir']}  (upload later with `wandb sync {r['wandb_dir']}`)")
+        lines.append(
+            f"W&B run:        {r['wandb_dir']}  (upload later with `wandb sync {r['wandb_dir']}`)"
+        )
     print("\n".join(lines), flush=True)
 
 

@@ -39,11 +39,22 @@ def visualize(argv: list[str]) -> Path:
     module.load_state_dict(state["state_dict"])
     callbacks = build_callbacks(cfg)
     if not callbacks:
-        raise ConfigError("no callbacks configured: pass callbacks=default or callbacks.<name>._target_=...")
-    trainer = pl.Trainer(default_root_dir=str(out), logger=False, callbacks=callbacks,
-                         accelerator=cfg.trainer.accelerator, devices=1, enable_checkpointing=False,
-                         enable_progress_bar=cfg.trainer.progress, limit_val_batches=cfg.trainer.limit_val_batches)
-    trainer.fit_loop.epoch_progress.current.completed = int(state.get("epoch", 0))  # name PNGs by the ckpt's epoch
+        raise ConfigError(
+            "no callbacks configured: pass callbacks=default or callbacks.<name>._target_=..."
+        )
+    trainer = pl.Trainer(
+        default_root_dir=str(out),
+        logger=False,
+        callbacks=callbacks,
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        enable_checkpointing=False,
+        enable_progress_bar=cfg.trainer.progress,
+        limit_val_batches=cfg.trainer.limit_val_batches,
+    )
+    trainer.fit_loop.epoch_progress.current.completed = int(
+        state.get("epoch", 0)
+    )  # name PNGs by the ckpt's epoch
     trainer.validate(module, datamodule=datamodule, verbose=False)
     gallery = out / "viz" / "index.html"
     print(f"pictures: {gallery}", flush=True)

@@ -23,7 +23,11 @@ def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float
 
 def to_uint8(x: torch.Tensor | Array, lo: float | None = None, hi: float | None = None) -> Array:
     """(3, H, W) / (H, W) / (H, W, 3) values -> uint8 (H, W, 3), scaled from [lo, hi] (default: min/max)."""
-    a = x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
+    a = (
+        x.detach().float().cpu().numpy()
+        if isinstance(x, torch.Tensor)
+        else np.asarray(x, np.float32)
+    )
     if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
         a = a.transpose(1, 2, 0)
     if a.ndim == 2:
@@ -38,17 +42,29 @@ def to_uint8(x: torch.Tensor | Array, lo: float | None = None, hi: float | None 
 
 def symmetric_to_uint8(x: torch.Tensor | Array) -> Array:
     """Signed data (filters, projections) on a scale centred at zero, so 0 is mid-gray."""
-    a = x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
+    a = (
+        x.detach().float().cpu().numpy()
+        if isinstance(x, torch.Tensor)
+        else np.asarray(x, np.float32)
+    )
     m = float(np.abs(a).max()) or 1.0
     return to_uint8(a, -m, m)
 
 
-def colormap(values: torch.Tensor | Array, name: str = "inferno", lo: float | None = None,
-             hi: float | None = None) -> Array:
+def colormap(
+    values: torch.Tensor | Array,
+    name: str = "inferno",
+    lo: float | None = None,
+    hi: float | None = None,
+) -> Array:
     """(H, W) scalars -> uint8 (H, W, 3) through a matplotlib colour map."""
     from matplotlib import colormaps
 
-    a = values.detach().float().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, np.float32)
+    a = (
+        values.detach().float().cpu().numpy()
+        if isinstance(values, torch.Tensor)
+        else np.asarray(values, np.float32)
+    )
     lo = float(a.min()) if lo is None else lo
     hi = float(a.max()) if hi is None else hi
     scaled = np.clip((a - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(a)
@@ -62,8 +78,14 @@ def resize(img: Array, size: tuple[int, int], nearest: bool = True) -> Array:
     return np.asarray(Image.fromarray(img).resize((w, h), mode))
 
 
-def overlay(image: Array, heat: torch.Tensor | Array, alpha: float = 0.5, name: str = "jet",
-            lo: float | None = None, hi: float | None = None) -> Array:
+def overlay(
+    image: Array,
+    heat: torch.Tensor | Array,
+    alpha: float = 0.5,
+    name: str = "jet",
+    lo: float | None = None,
+    hi: float | None = None,
+) -> Array:
     """Blend a heat map (any size, resized bilinearly) over a uint8 image."""
     colours = colormap(heat, name, lo, hi)
     colours = resize(colours, image.shape[:2], nearest=False)
@@ -75,14 +97,16 @@ def add_border(img: Array, colour: Sequence[int], width: int = 2) -> Array:
     h, w, _ = img.shape
     out = np.empty((h + 2 * width, w + 2 * width, 3), np.uint8)
     out[:] = np.asarray(colour, np.uint8)
-    out[width:width + h, width:width + w] = img
+    out[width : width + h, width : width + w] = img
     return out
 
 
 def caption(img: Array, text: str, height: int = 12, background: int = 255) -> Array:
     """Add a strip of text above an image (PIL's built-in font; widens the image if needed)."""
     font = ImageFont.load_default()
-    width = max(img.shape[1], int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text, font)) + 4)
+    width = max(
+        img.shape[1], int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text, font)) + 4
+    )
     canvas = Image.new("RGB", (width, img.shape[0] + height), (background,) * 3)
     canvas.paste(Image.fromarray(img), (0, height))
     ImageDraw.Draw(canvas).text((2, 0), text, fill=(0, 0, 0), font=font)
@@ -101,7 +125,7 @@ def grid(tiles: Sequence[Array], ncols: int, pad: int = 2, pad_value: int = 255)
     for i, t in enumerate(tiles):
         r, c = divmod(i, ncols)
         y, x = pad + r * (ch + pad), pad + c * (cw + pad)
-        out[y:y + t.shape[0], x:x + t.shape[1]] = t
+        out[y : y + t.shape[0], x : x + t.shape[1]] = t
     return out
 
 

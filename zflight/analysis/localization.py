@@ -27,4 +27,6 @@ def mass_in_mask(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 def _check(maps: torch.Tensor, masks: torch.Tensor) -> None:
     if maps.shape != masks.shape or maps.dim() != 3:
-        raise ValueError(f"maps and masks must both be (N, H, W); got {tuple(maps.shape)} and {tuple(masks.shape)}")
+        raise ValueError(
+            f"maps and masks must both be (N, H, W); got {tuple(maps.shape)} and {tuple(masks.shape)}"
+        )

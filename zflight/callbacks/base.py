@@ -42,12 +42,21 @@ class Probe:
 
     def display(self) -> list[np.ndarray]:
         """The probe images as uint8 HxWx3 arrays, normalisation undone."""
-        return [to_uint8(x, 0.0, 1.0) for x in denormalize(self.images.float(), self.mean, self.std)]
+        return [
+            to_uint8(x, 0.0, 1.0) for x in denormalize(self.images.float(), self.mean, self.std)
+        ]
 
     def to(self, device: torch.device | str) -> Probe:
         masks = None if self.masks is None else self.masks.to(device)
-        return Probe(self.images.to(device), self.labels.to(device), masks, self.mean, self.std,
-                     self.class_names, self.indices)
+        return Probe(
+            self.images.to(device),
+            self.labels.to(device),
+            masks,
+            self.mean,
+            self.std,
+            self.class_names,
+            self.indices,
+        )
 
     @classmethod
     def from_dataset(cls, dataset: Any, num: int, seed: int, **info: Any) -> Probe:
@@ -60,7 +69,11 @@ class Probe:
         items = [dataset[i] for i in idx]
         images = torch.stack([it[0] for it in items])
         labels = torch.as_tensor([int(it[1]) for it in items])
-        masks = torch.stack([torch.as_tensor(it[2]).bool() for it in items]) if len(items[0]) > 2 else None
+        masks = (
+            torch.stack([torch.as_tensor(it[2]).bool() for it in items])
+            if len(items[0]) > 2
+            else None
+        )
         return cls(images, labels, masks, indices=idx, **info)
 
 
@@ -83,7 +96,9 @@ class VizResult:
 class AnalysisContext:
     """What ``analyze`` may use beyond the model and probe: where it runs and how to talk to other ranks."""
 
-    def __init__(self, trainer: pl.Trainer, pl_module: pl.LightningModule, model: nn.Module) -> None:
+    def __init__(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, model: nn.Module
+    ) -> None:
         self.trainer = trainer
         self.pl_module = pl_module
         self.model = model
@@ -129,9 +144,17 @@ class VisualizationCallback(pl.Callback):
 
     name: str = "viz"
 
-    def __init__(self, every_n_epochs: int = 1, on_first_epoch: bool = False, on_last_epoch: bool = True,
-                 num_probes: int = 8, probe_seed: int = 0, strict: bool = False, grad: bool = False,
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        on_first_epoch: bool = False,
+        on_last_epoch: bool = True,
+        num_probes: int = 8,
+        probe_seed: int = 0,
+        strict: bool = False,
+        grad: bool = False,
+        name: str | None = None,
+    ) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         if num_probes < 1:
@@ -193,8 +216,14 @@ class VisualizationCallback(pl.Callback):
             self._handles.append(module.register_forward_hook(self._guarded(fn)))
 
     @override
-    def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
-                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_start(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if self._handles:
             self.current_batch = batch
 
@@ -206,7 +235,9 @@ class VisualizationCallback(pl.Callback):
             self._run(trainer, pl_module)
 
     @override
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         self._remove_hooks()
 
     @override
@@ -241,7 +272,7 @@ class VisualizationCallback(pl.Callback):
             try:
                 ctx = AnalysisContext(trainer, pl_module, model)
                 probe = self.probe(trainer, pl_module.device)
-                with isolated(model), (torch.enable_grad() if self.grad else torch.no_grad()):
+                with isolated(model), torch.enable_grad() if self.grad else torch.no_grad():
                     result = self.analyze(model, probe, ctx)
             except Exception as exc:
                 if self.strict:
@@ -250,8 +281,10 @@ class VisualizationCallback(pl.Callback):
         if error is not None:
             if self.strict:
                 raise RuntimeError(f"{self.name} failed:\n{error}")
-            rank_zero_warn(f"visual callback {self.name!r} failed at epoch {trainer.current_epoch}; "
-                           f"training continues.\n{error}")
+            rank_zero_warn(
+                f"visual callback {self.name!r} failed at epoch {trainer.current_epoch}; "
+                f"training continues.\n{error}"
+            )
             return
         self.logged_epochs.append(trainer.current_epoch)
         if trainer.is_global_zero and result is not None:
@@ -272,6 +305,7 @@ class VisualizationCallback(pl.Callback):
                 if self.strict:
                     raise
                 self._stream_errors.append("".join(traceback.format_exception(exc)))
+
         return hook
 
     def _remove_hooks(self) -> None:
@@ -288,7 +322,11 @@ def isolated(model: nn.Module) -> Iterator[None]:
     hook_keys = {m: {a: set(getattr(m, a)) for a in _HOOK_DICTS} for m in model.modules()}
     params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
     rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    cuda_rng = (
+        torch.cuda.get_rng_state_all()
+        if torch.cuda.is_available() and torch.cuda.is_initialized()
+        else None
+    )
     model.eval()
     try:
         yield

@@ -34,7 +34,9 @@ def as_figures(value: Any) -> list[Figure]:
     figs = [it if isinstance(it, Figure) else Figure(np.asarray(it)) for it in items]
     for f in figs:
         if f.image.dtype != np.uint8 or f.image.ndim != 3 or f.image.shape[2] != 3:
-            raise ValueError(f"figures must be uint8 HxWx3 arrays, got {f.image.dtype} {f.image.shape}")
+            raise ValueError(
+                f"figures must be uint8 HxWx3 arrays, got {f.image.dtype} {f.image.shape}"
+            )
     return figs
 
 
@@ -55,7 +57,7 @@ def write_outputs(trainer: pl.Trainer, name: str, result: VizResult) -> None:
         figs = as_figures(value)
         path = root / name / key / f"epoch_{epoch:04d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(compose(figs)).save(path)
+        Image.fromarray(compose(figs)).save(path, compress_level=1)
         _log_images(trainer, f"{name}/{key}", figs, step)
     scalars = {f"{name}/{k}": float(v) for k, v in result.scalars.items()}
     if scalars:
@@ -73,8 +75,12 @@ def _log_images(trainer: pl.Trainer, key: str, figs: list[Figure], step: int) ->
 
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
-            logger.log_image(key=key, images=[f.image for f in figs],
-                             caption=[f.caption for f in figs], step=step)
+            logger.log_image(
+                key=key,
+                images=[f.image for f in figs],
+                caption=[f.caption for f in figs],
+                step=step,
+            )
         elif isinstance(logger, TensorBoardLogger):
             for i, f in enumerate(figs):
                 tag = key if len(figs) == 1 else f"{key}/{i}"
@@ -105,7 +111,10 @@ def write_gallery(root: Path) -> Path:
     for epoch in sorted(set(cells) | set(scalars)):
         tds = "".join(
             f'<td><a href="{html.escape(cells[epoch][k])}"><img src="{html.escape(cells[epoch][k])}"></a></td>'
-            if k in cells.get(epoch, {}) else "<td></td>" for k in cols)
+            if k in cells.get(epoch, {})
+            else "<td></td>"
+            for k in cols
+        )
         sc = "<br>".join(html.escape(s) for s in scalars.get(epoch, []))
         rows.append(f"<tr><th>epoch {epoch}</th>{tds}<td class=s>{sc}</td></tr>")
     head = "".join(f"<th>{html.escape(k)}</th>" for k in cols)

@@ -3,4 +3,10 @@
 from zflight.data.modules import ImageFolderDataModule, ShapesDataModule, check_image_folder
 from zflight.data.shapes import CLASSES, ShapesDataset
 
-__all__ = ["CLASSES", "ImageFolderDataModule", "ShapesDataModule", "ShapesDataset", "check_image_folder"]
+__all__ = [
+    "CLASSES",
+    "ImageFolderDataModule",
+    "ShapesDataModule",
+    "ShapesDataset",
+    "check_image_folder",
+]

@@ -22,12 +22,25 @@ class ShapesDataModule(pl.LightningDataModule):
     Batches are ``(images, labels, masks)``.
     """
 
-    def __init__(self, train_size: int = 16000, val_size: int = 2000, image_size: int = 64,
-                 num_classes: int = 8, batch_size: int = 128, num_workers: int = 0, seed: int = 0,
-                 cache_dir: str | None = "~/.cache/zflight") -> None:
+    def __init__(
+        self,
+        train_size: int = 16000,
+        val_size: int = 2000,
+        image_size: int = 64,
+        num_classes: int = 8,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+        cache_dir: str | None = "~/.cache/zflight",
+    ) -> None:
         super().__init__()
         self.train_size, self.val_size, self.image_size = train_size, val_size, image_size
-        self.num_classes, self.batch_size, self.num_workers, self.seed = num_classes, batch_size, num_workers, seed
+        self.num_classes, self.batch_size, self.num_workers, self.seed = (
+            num_classes,
+            batch_size,
+            num_workers,
+            seed,
+        )
         self.cache_dir = Path(os.path.expanduser(cache_dir)) if cache_dir else None
         self.mean, self.std = (0.5, 0.5, 0.5), (0.3, 0.3, 0.3)
         self.train_dataset: ShapesDataset | None = None
@@ -40,8 +53,15 @@ class ShapesDataModule(pl.LightningDataModule):
         return list(CLASSES[: self.num_classes])
 
     def _dataset(self, length: int, split: int) -> ShapesDataset:
-        args = dict(length=length, image_size=self.image_size, seed=self.seed, split=split,
-                    num_classes=self.num_classes, mean=self.mean, std=self.std)
+        args = dict(
+            length=length,
+            image_size=self.image_size,
+            seed=self.seed,
+            split=split,
+            num_classes=self.num_classes,
+            mean=self.mean,
+            std=self.std,
+        )
         if self.cache_dir is None:
             return ShapesDataset(**args)
         key = hashlib.sha1(repr(sorted(args.items()) + [SHAPES_VERSION]).encode()).hexdigest()[:16]
@@ -68,12 +88,22 @@ class ShapesDataModule(pl.LightningDataModule):
             self.train_dataset = self._dataset(self.train_size, split=0)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_dataset, batch_size=self.batch_size * 2, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            self.val_dataset,
+            batch_size=self.batch_size * 2,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self.trainer is not None and self.trainer.training:
@@ -85,23 +115,33 @@ class ShapesDataModule(pl.LightningDataModule):
         return batch
 
 
-SHAPES_VERSION = 1  # bump when the renderer changes so stale caches are not reused
+SHAPES_VERSION = 2  # bump when the renderer changes so stale caches are not reused
 
 
 class ImageFolderDataModule(pl.LightningDataModule):
     """ImageNet-layout folders (``root/train/<class>/*.JPEG``, ``root/val/<class>/*.JPEG``) with the
     paper's preprocessing: resize 256, random 224 crops and flips; centre crop (or ten crops) to validate.
 
+    ``decode``: ``"auto"`` (JPEGs decoded in batches on the GPU when there is one, else in the
+    DataLoader workers; see ``zflight.data.jpeg``), ``"device"``, ``"workers"``, or
+    ``"torchvision"`` (PIL transforms; also used for ten-crop evaluation and non-JPEG folders).
     Batches are ``(images, labels)``; with ``ten_crop`` validation images are (B, 10, 3, 224, 224).
     """
 
     def __init__(self, root: str, image_size: int = 224, resize: int = 256, batch_size: int = 128,
-                 num_workers: int = 8, ten_crop: bool = False) -> None:
+                 num_workers: int = 8, ten_crop: bool = False, decode: str = "auto") -> None:
         super().__init__()
+        if decode not in ("auto", "device", "workers", "torchvision"):
+            raise ValueError(f"data.decode must be auto, device, workers or torchvision; got {decode!r}")
         self.root, self.image_size, self.resize = Path(os.path.expanduser(root)), image_size, resize
         self.batch_size, self.num_workers, self.ten_crop = batch_size, num_workers, ten_crop
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
-        self.train_dataset = self.val_dataset = None
+        self.train_dataset = self.val_dataset = self._val_loader_dataset = None
+        self.pipe = None
+        if decode != "torchvision" and not ten_crop:
+            from zflight.data.jpeg import JpegPipeline
+
+            self.pipe = JpegPipeline(size=image_size, resize=resize, mean=self.mean, std=self.std, decode=decode)
         self.class_names: list[str] = check_image_folder(self.root)
 
     @property
@@ -109,6 +149,12 @@ class ImageFolderDataModule(pl.LightningDataModule):
         return len(self.class_names)
 
     def setup(self, stage: str | None = None) -> None:
+        if self.pipe is not None:
+            self.val_dataset = self.pipe.dataset(self.root / "val", train=False, normalized=True)
+            self._val_loader_dataset = self.pipe.dataset(self.root / "val", train=False)
+            if stage in (None, "fit"):
+                self.train_dataset = self.pipe.dataset(self.root / "train", train=True)
+            return
         from torchvision import datasets
         from torchvision import transforms as T
 
@@ -118,19 +164,29 @@ class ImageFolderDataModule(pl.LightningDataModule):
                                 T.Lambda(lambda crops: torch.stack([norm(T.functional.to_tensor(c)) for c in crops]))])
         else:
             val_tf = T.Compose([T.Resize(self.resize), T.CenterCrop(self.image_size), T.ToTensor(), norm])
-        self.val_dataset = datasets.ImageFolder(str(self.root / "val"), val_tf)
+        self.val_dataset = self._val_loader_dataset = datasets.ImageFolder(str(self.root / "val"), val_tf)
         if stage in (None, "fit"):
             train_tf = T.Compose([T.Resize(self.resize), T.RandomCrop(self.image_size), T.RandomHorizontalFlip(),
                                   T.ToTensor(), norm])
             self.train_dataset = datasets.ImageFolder(str(self.root / "train"), train_tf)
 
+    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+        pin = self.pipe is None or self.pipe.decode == "workers"
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle,
+                          num_workers=self.num_workers, pin_memory=pin and torch.cuda.is_available(),
+                          persistent_workers=self.num_workers > 0,
+                          collate_fn=self.pipe.collate if self.pipe is not None else None)
+
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.num_workers, pin_memory=True, persistent_workers=self.num_workers > 0)
+        return self._loader(self.train_dataset, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                          pin_memory=True, persistent_workers=self.num_workers > 0)
+        return self._loader(self._val_loader_dataset, shuffle=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.pipe is None:
+            return batch
+        return self.pipe.finish(batch, train=self.trainer is not None and self.trainer.training)
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
@@ -138,7 +194,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".ti
 
 def check_image_folder(root: Path) -> list[str]:
     """Class names of an ImageNet-layout folder, or a ValueError saying what layout was expected."""
-    layout = f"expected {root}/train/<class>/<image> and {root}/val/<class>/<image> (ImageNet layout)"
+    layout = (
+        f"expected {root}/train/<class>/<image> and {root}/val/<class>/<image> (ImageNet layout)"
+    )
     if not root.is_dir():
         raise ValueError(f"data.root={str(root)!r} is not a directory; {layout}")
     classes = None
@@ -147,9 +205,15 @@ def check_image_folder(root: Path) -> list[str]:
         names = sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
         if not names:
             raise ValueError(f"{d} has no class folders; {layout}")
-        empty = [n for n in names if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in (d / n).iterdir())]
+        empty = [
+            n
+            for n in names
+            if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in (d / n).iterdir())
+        ]
         if empty:
-            raise ValueError(f"{d} has class folders without images: {', '.join(empty[:5])}; {layout}")
+            raise ValueError(
+                f"{d} has class folders without images: {', '.join(empty[:5])}; {layout}"
+            )
         if classes is not None and names != classes:
             raise ValueError(f"train and val class folders differ under {root}; {layout}")
         classes = names

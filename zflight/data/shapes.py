@@ -23,12 +23,21 @@ def _inside(kind: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     if name == "square":
         return torch.maximum(u.abs(), v.abs()) <= 0.75
     if name == "triangle":
-        return torch.stack([u * math.cos(a) + v * math.sin(a)
-                            for a in (math.pi / 2, math.pi * 7 / 6, math.pi * 11 / 6)]).amax(0) <= 0.5
+        return (
+            torch.stack(
+                [
+                    u * math.cos(a) + v * math.sin(a)
+                    for a in (math.pi / 2, math.pi * 7 / 6, math.pi * 11 / 6)
+                ]
+            ).amax(0)
+            <= 0.5
+        )
     if name == "cross":
         return ((u.abs() <= 0.28) & (v.abs() <= 0.95)) | ((v.abs() <= 0.28) & (u.abs() <= 0.95))
     if name == "ell":
-        return ((u >= -0.75) & (u <= -0.2) & (v.abs() <= 0.75)) | ((u.abs() <= 0.75) & (v >= 0.2) & (v <= 0.75))
+        return ((u >= -0.75) & (u <= -0.2) & (v.abs() <= 0.75)) | (
+            (u.abs() <= 0.75) & (v >= 0.2) & (v <= 0.75)
+        )
     rho = torch.sqrt(u * u + v * v)
     if name == "circle":
         return rho <= 0.95
@@ -49,9 +58,17 @@ def _params(seed: int, split: int, index: int, num_classes: int) -> np.ndarray:
     while np.abs(obj - bg).sum() < 0.9:
         bg = rng.uniform(0, 1, 3)
     waves = rng.uniform(-1, 1, size=(3, 4))  # three gratings: fx, fy, phase, amplitude
-    lines = rng.uniform(0, 1, size=(4, 7))   # four clutter lines: x0, y0, angle, colour(3), on/off
-    return np.concatenate([[index % num_classes, radius, cx, cy, rng.uniform(0, 2 * math.pi)],
-                           obj, bg, waves.ravel(), lines.ravel(), [rng.integers(1 << 30)]])
+    lines = rng.uniform(0, 1, size=(4, 7))  # four clutter lines: x0, y0, angle, colour(3), on/off
+    return np.concatenate(
+        [
+            [index % num_classes, radius, cx, cy, rng.uniform(0, 2 * math.pi)],
+            obj,
+            bg,
+            waves.ravel(),
+            lines.ravel(),
+            [rng.integers(1 << 30)],
+        ]
+    )
 
 
 def render(params: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,8 +85,11 @@ def render(params: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     texture = torch.zeros(b, size, size)
     for k in range(3):
         fx, fy, phase, amp = (waves[:, k, j].view(b, 1, 1) for j in range(4))
-        texture += (0.08 + 0.07 * amp) * torch.sin(2 * math.pi * (3 + 5 * fx.abs()) * x * torch.sign(fx)
-                                                   + 2 * math.pi * (3 + 5 * fy.abs()) * y + math.pi * phase)
+        texture += (0.08 + 0.07 * amp) * torch.sin(
+            2 * math.pi * (3 + 5 * fx.abs()) * x * torch.sign(fx)
+            + 2 * math.pi * (3 + 5 * fy.abs()) * y
+            + math.pi * phase
+        )
     image = (bg.view(b, 3, 1, 1) + texture.unsqueeze(1)).expand(b, 3, size, size).clone()
     for k in range(4):
         x0, y0, ang = (lines[:, k, j].view(b, 1, 1) for j in range(3))
@@ -77,7 +97,10 @@ def render(params: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         on = (dist < 0.6 / size + 0.01) & (lines[:, k, 6].view(b, 1, 1) > 0.4)
         image = torch.where(on.unsqueeze(1), lines[:, k, 3:6].view(b, 3, 1, 1), image)
 
-    dx, dy = (x - cx.view(b, 1, 1)) / radius.view(b, 1, 1), (y - cy.view(b, 1, 1)) / radius.view(b, 1, 1)
+    dx, dy = (
+        (x - cx.view(b, 1, 1)) / radius.view(b, 1, 1),
+        (y - cy.view(b, 1, 1)) / radius.view(b, 1, 1),
+    )
     c, s = torch.cos(theta).view(b, 1, 1), torch.sin(theta).view(b, 1, 1)
     u, v = c * dx + s * dy, -s * dx + c * dy
     mask = torch.zeros(b, size, size, dtype=torch.bool)
@@ -87,8 +110,9 @@ def render(params: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     shade = 1 + 0.15 * (dx * c)  # a gentle lighting gradient across the object
     image = torch.where(mask.unsqueeze(1), obj.view(b, 3, 1, 1) * shade.unsqueeze(1), image)
 
-    gen = torch.Generator().manual_seed(int(p[0, -1]))
-    image = image + 0.04 * torch.randn(image.shape, generator=gen)
+    gen = torch.Generator()
+    noise = torch.stack([torch.randn(3, size, size, generator=gen.manual_seed(int(seed))) for seed in params[:, -1]])
+    image = image + 0.04 * noise
     return (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8), mask
 
 
@@ -98,16 +122,26 @@ class ShapesDataset(Dataset):
     Items are ``(image, label, mask)``: a normalised float (3, S, S) tensor, an int and a bool (S, S).
     """
 
-    def __init__(self, length: int, image_size: int = 64, seed: int = 0, split: int = 0,
-                 num_classes: int = len(CLASSES), mean: tuple[float, ...] = (0.5, 0.5, 0.5),
-                 std: tuple[float, ...] = (0.25, 0.25, 0.25), chunk: int = 2048) -> None:
+    def __init__(
+        self,
+        length: int,
+        image_size: int = 64,
+        seed: int = 0,
+        split: int = 0,
+        num_classes: int = len(CLASSES),
+        mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+        std: tuple[float, ...] = (0.25, 0.25, 0.25),
+        chunk: int = 2048,
+    ) -> None:
         if not 2 <= num_classes <= len(CLASSES):
             raise ValueError(f"data.num_classes must be in [2, {len(CLASSES)}], got {num_classes}")
         if length < 1 or image_size < 16:
-            raise ValueError(f"need length >= 1 and image_size >= 16, got {length} and {image_size}")
+            raise ValueError(
+                f"need length >= 1 and image_size >= 16, got {length} and {image_size}"
+            )
         self.class_names = list(CLASSES[:num_classes])
         params = np.stack([_params(seed, split, i, num_classes) for i in range(length)])
-        parts = [render(params[i:i + chunk], image_size) for i in range(0, length, chunk)]
+        parts = [render(params[i : i + chunk], image_size) for i in range(0, length, chunk)]
         self.images = torch.cat([im for im, _ in parts])
         self.masks = torch.cat([m for _, m in parts])
         self.labels = torch.as_tensor(params[:, 0], dtype=torch.long)

@@ -68,7 +68,9 @@ class ZFNet(nn.Module):
         pp = layers.pool_padding
         self.features = nn.Sequential(
             OrderedDict(
-                conv1=nn.Conv2d(3, c1, layers.conv1_kernel, layers.conv1_stride, layers.conv1_padding),
+                conv1=nn.Conv2d(
+                    3, c1, layers.conv1_kernel, layers.conv1_stride, layers.conv1_padding
+                ),
                 relu1=nn.ReLU(),
                 pool1=pool(3, 2, pp),
                 norm1=lrn(5, alpha=1e-4, beta=0.75, k=2.0),
