@@ -5,15 +5,30 @@ from __future__ import annotations
 import torch
 
 
-def pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """(N,) bool: whether each map's maximum lies inside its object mask.
+def pointing_game(maps: torch.Tensor, masks: torch.Tensor, tolerance: float | None = None) -> torch.Tensor:
+    """(N,) bool: whether each map's maximum lies on its object, within ``tolerance`` pixels.
 
     ``maps`` (N, H, W) are evidence maps at image resolution (larger = more important);
-    ``masks`` (N, H, W) are boolean object masks. Ties go to the first maximum in raster order.
+    ``masks`` (N, H, W) are boolean object masks. As in Zhang et al.'s pointing game (ECCV 2016,
+    15 px at 224 px) a hit may fall up to ``tolerance`` pixels (Euclidean) outside the mask; the
+    default scales their 15 px with the image width. Ties go to the first maximum in raster order.
     """
     _check(maps, masks)
+    if tolerance is None:
+        tolerance = 15 / 224 * maps.shape[-1]
     flat = maps.flatten(1).argmax(dim=1)
-    return masks.flatten(1).bool().gather(1, flat[:, None]).squeeze(1)
+    return dilate(masks.bool(), tolerance).flatten(1).gather(1, flat[:, None]).squeeze(1)
+
+
+def dilate(masks: torch.Tensor, radius: float) -> torch.Tensor:
+    """Grow (N, H, W) boolean masks by every pixel within Euclidean distance ``radius``."""
+    r = int(radius)
+    if r < 1:
+        return masks
+    d = torch.arange(-r, r + 1, dtype=torch.float32, device=masks.device)
+    disk = ((d[:, None] ** 2 + d[None, :] ** 2) <= radius**2).float()[None, None]
+    grown = torch.nn.functional.conv2d(masks[:, None].float(), disk, padding=r)
+    return grown[:, 0] > 0
 
 
 def mass_in_mask(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

@@ -74,17 +74,25 @@ def _log_images(trainer: pl.Trainer, key: str, figs: list[Figure], step: int) ->
     from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
     for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            logger.log_image(
-                key=key,
-                images=[f.image for f in figs],
-                caption=[f.caption for f in figs],
-                step=step,
-            )
+        if isinstance(logger, WandbLogger):  # W&B shows a list best when its images share one size
+            logger.log_image(key=key, images=_same_size([f.image for f in figs]),
+                             caption=[f.caption for f in figs], step=step)
         elif isinstance(logger, TensorBoardLogger):
             for i, f in enumerate(figs):
                 tag = key if len(figs) == 1 else f"{key}/{i}"
                 logger.experiment.add_image(tag, f.image, step, dataformats="HWC")
+
+
+def _same_size(images: list[np.ndarray]) -> list[np.ndarray]:
+    """Pad images with white to the largest height and width among them."""
+    h = max(im.shape[0] for im in images)
+    w = max(im.shape[1] for im in images)
+    out = []
+    for im in images:
+        canvas = np.full((h, w, 3), 255, np.uint8)
+        canvas[: im.shape[0], : im.shape[1]] = im
+        out.append(canvas)
+    return out
 
 
 _EPOCH_PNG = re.compile(r"epoch_(\d+)\.png$")
