@@ -5,7 +5,7 @@ clipped to 0.1) on the same data, seed and budget with the ``FilterHealth`` call
 then writes ``<out>/report.md`` with ``filters.png`` (final conv1 filters and spectra side by side),
 ``curves.png`` (health scalars and accuracy per epoch) and ``report.png`` (both).
 
-Keys: ``out`` (default ``runs/ablation``), ``epochs`` (8), ``seed`` (0), ``renorm`` (``zfnet``:
+Keys: ``out`` (default ``runs/ablation``), ``epochs`` (4), ``seed`` (0), ``renorm`` (``zfnet``:
 the paper's fix on ZFNet only; ``none`` or ``both``), ``overwrite`` (false). Any other
 ``key=value`` (``data.train_size=8000``, ``logger=wandb``) goes to both training runs.
 """
@@ -87,7 +87,7 @@ Runs: {runs}
 @dataclass
 class AblationConfig:
     out: str = "runs/ablation"
-    epochs: int = 8
+    epochs: int = 4
     seed: int = 0
     renorm: str = "zfnet"
     overwrite: bool = False

@@ -7,6 +7,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,6 +248,16 @@ def instantiate(spec: DictConfig | dict, key: str, **extra: Any) -> Any:
         ]
         raise ConfigError(f"{key}: {exc}; {target} takes: {', '.join(params)}") from None
     return obj(**kwargs)
+
+
+def run_command(command: Callable[[list[str]], Any], argv: list[str] | None) -> int:
+    """Run an entry point on ``key=value`` arguments; a ConfigError prints one line and exits 2."""
+    try:
+        command(sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from zflight.config import ConfigError, instantiate, load_config, to_yaml
+from zflight.config import ConfigError, instantiate, load_config, run_command, to_yaml
 from zflight.data import ImageFolderDataModule, ShapesDataModule
 from zflight.models import create_model
 from zflight.module import ClassifierModule
@@ -254,12 +254,7 @@ def _print_summary(r: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        train(sys.argv[1:] if argv is None else argv)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(train, argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import OmegaConf
 
-from zflight.config import ConfigError, load_config
+from zflight.config import ConfigError, load_config, run_command
 from zflight.module import ClassifierModule
 from zflight.train import build_callbacks, build_datamodule, build_model
 
@@ -62,12 +62,7 @@ def visualize(argv: list[str]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        visualize(sys.argv[1:] if argv is None else argv)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(visualize, argv)
 
 
 if __name__ == "__main__":
