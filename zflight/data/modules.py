@@ -115,7 +115,7 @@ class ShapesDataModule(pl.LightningDataModule):
         return batch
 
 
-SHAPES_VERSION = 3  # bump when the renderer changes so stale caches are not reused
+SHAPES_VERSION = 2  # bump when the renderer changes so stale caches are not reused
 
 
 class ImageFolderDataModule(pl.LightningDataModule):

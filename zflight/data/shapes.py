@@ -51,7 +51,7 @@ def _inside(kind: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 def _params(seed: int, split: int, index: int, num_classes: int) -> np.ndarray:
     """The random parameters of one sample (deterministic in seed, split and index)."""
     rng = np.random.default_rng([seed, split, index])
-    radius = rng.uniform(0.25, 0.38)
+    radius = rng.uniform(0.22, 0.36)
     cx, cy = rng.uniform(radius, 1 - radius, size=2)
     obj = rng.uniform(0, 1, 3)
     bg = rng.uniform(0, 1, 3)
