@@ -11,7 +11,7 @@ ARGS   ?=
 TRAIN_ARGS := $(if $(EXP),experiment=$(EXP)) $(if $(DATA),data.root=$(DATA)) \
               $(if $(GPUS),trainer.accelerator=gpu trainer.devices=$(GPUS)) $(ARGS)
 
-.PHONY: help install train test test-fast lint format clean
+.PHONY: help install train test test-fast lint format clean ablation
 
 help:  ## show this help
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ $(STAMP): pyproject.toml
 
 train: $(STAMP)  ## train ZFNet (defaults: shapes data, CPU or all GPUs, W&B offline without a key)
 	$(PY) -m zflight.train $(TRAIN_ARGS)
+
+ablation: $(STAMP)  ## AlexNet-style vs ZFNet first layers, same data, seed and budget; writes a report
+	$(PY) -m zflight.ablation $(ARGS)
 
 test: $(STAMP)  ## run the whole test suite
 	$(PY) -m pytest -q
