@@ -61,7 +61,6 @@ class ClassifierModule(pl.LightningModule):
             self.model = self.model.to(memory_format=torch.channels_last)
         if compile:
             self.model.compile()  # in place: checkpoints keep the plain parameter names
-        self.train_acc = MulticlassAccuracy(num_classes, top_k=1, validate_args=False)
         self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1)
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes))
 
@@ -74,9 +73,9 @@ class ClassifierModule(pl.LightningModule):
         images, labels = batch[0], batch[1]
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
-        self.train_acc(logits, labels)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=True, on_epoch=False, prog_bar=True)
+        if self.trainer._logger_connector.should_update_logs:  # only on steps that reach a logger
+            acc = (logits.detach().argmax(1) == labels).float().mean()
+            self.log_dict({"train/loss": loss.detach(), "train/acc": acc}, prog_bar=True)
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
