@@ -205,8 +205,28 @@ def test_alerts_wait_for_warmup_and_fire_on_crossing(monkeypatch):
     assert restored.above == {"conv1/aliased": True}
 
 
-def test_wandb_alert_without_a_run_does_nothing():
-    fh._wandb_alert("title", "text")  # no wandb run: returns quietly
+def test_wandb_alert_only_for_an_online_run_and_never_raises(monkeypatch):
+    import wandb
+
+    class FakeRun:
+        def __init__(self, offline: bool, fail: bool = False) -> None:
+            self.offline, self.disabled, self.fail, self.sent = offline, False, fail, []
+
+        def alert(self, title: str, text: str) -> None:
+            if self.fail:
+                raise ConnectionError("no network")
+            self.sent.append((title, text))
+
+    for offline, expected in ((True, []), (False, [("t", "x")])):
+        run = FakeRun(offline)
+        monkeypatch.setattr(wandb, "run", run)
+        fh._wandb_alert("t", "x")
+        assert run.sent == expected
+    monkeypatch.setattr(wandb, "run", FakeRun(False, fail=True))
+    with pytest.warns(UserWarning, match="could not send a W&B alert"):
+        fh._wandb_alert("t", "x")
+    monkeypatch.setattr(wandb, "run", None)
+    fh._wandb_alert("t", "x")  # no run at all: nothing to do
 
 
 # ---- FilterHealth in a validation loop: activation statistics ------------------------------------

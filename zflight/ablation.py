@@ -5,7 +5,7 @@ clipped to 0.1) on the same data, seed and budget with the ``FilterHealth`` call
 then writes ``<out>/report.md`` with ``filters.png`` (final conv1 filters and spectra side by side),
 ``curves.png`` (health scalars and accuracy per epoch) and ``report.png`` (both).
 
-Keys: ``out`` (default ``runs/ablation``), ``epochs`` (4), ``seed`` (0), ``renorm`` (``zfnet``:
+Keys: ``out`` (default ``runs/ablation``), ``epochs`` (6), ``seed`` (0), ``renorm`` (``zfnet``:
 the paper's fix on ZFNet only; ``none`` or ``both``), ``overwrite`` (false). Any other
 ``key=value`` (``data.train_size=8000``, ``logger=wandb``) goes to both training runs.
 """
@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from zflight.analysis.filters import frequency_grid
-from zflight.analysis.images import caption, hstack, vstack
+from zflight.analysis.images import caption, hstack
 from zflight.config import ConfigError
 from zflight.models.zfnet import ALEXNET_LAYERS, ZFNET_LAYERS
 from zflight.train import train
@@ -87,7 +87,7 @@ Runs: {runs}
 @dataclass
 class AblationConfig:
     out: str = "runs/ablation"
-    epochs: int = 4
+    epochs: int = 6
     seed: int = 0
     renorm: str = "zfnet"
     overwrite: bool = False
@@ -117,7 +117,10 @@ def parse_args(argv: list[str]) -> tuple[AblationConfig, list[str]]:
 
 
 def arm_overrides(model: str, cfg: AblationConfig, run_dir: Path, extra: list[str]) -> list[str]:
-    """Training overrides of one arm: everything shared except the model and the renorm rule."""
+    """Training overrides of one arm: everything shared except the model and the renorm rule.
+
+    Only ``FilterHealth`` (and ``FilterRenorm``) run, every epoch, whatever the default callback set.
+    """
     overrides = [
         f"model.name={model}",
         f"seed={cfg.seed}",
@@ -126,6 +129,7 @@ def arm_overrides(model: str, cfg: AblationConfig, run_dir: Path, extra: list[st
         f"name=ablation-{model}",
         "logger=csv",
         "trainer.progress=false",
+        "callbacks=none",
         "callbacks.filters._target_=zflight.callbacks.filter_health.FilterHealth",
         "callbacks.filters.layers=[conv1,conv2]",
         "callbacks.filters.every_n_epochs=1",
@@ -204,8 +208,17 @@ def filters_figure(run_dirs: dict[str, Path]) -> np.ndarray:
             if p is not None
         ]
         if panels:
-            columns.append(caption(vstack(panels), ARMS[arm], height=14))
+            columns.append(caption(stack_rows(panels, pad=6), ARMS[arm], height=14))
     return hstack(columns, pad=12) if columns else np.full((8, 8, 3), 255, np.uint8)
+
+
+def stack_rows(panels: list[np.ndarray], pad: int = 12) -> np.ndarray:
+    """Panels one above the other at their own heights (``vstack`` gives every row the tallest's)."""
+    width = max(p.shape[1] for p in panels)
+    rows = [
+        np.pad(p, ((0, pad), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in panels
+    ]
+    return np.concatenate(rows)
 
 
 def endpoint_values(
@@ -262,7 +275,7 @@ def write_report(
     filters_png, curves_png = filters_figure(run_dirs), curves_figure(series, accuracy)
     Image.fromarray(filters_png).save(out / "filters.png")
     Image.fromarray(curves_png).save(out / "curves.png")
-    Image.fromarray(vstack([filters_png, curves_png], pad=12)).save(out / "report.png")
+    Image.fromarray(stack_rows([filters_png, curves_png])).save(out / "report.png")
     head = "| metric (first -> last epoch) | " + " | ".join(ARMS.values()) + " |"
     rows = [head, "|---" * (len(ARMS) + 1) + "|"]
     for key in ["val_acc1", "val_acc5"]:

@@ -1,8 +1,8 @@
 """Filter health of a conv layer (Zeiler & Fergus, Fig. 6): dead, aliased and duplicate filters,
 dominant spatial-frequency bands, effective rank, and the gridding of deconvnet projections.
 
-Every function takes a weight tensor (C_out, C_in, k, k) (plus optional activation statistics) and
-works in fp32/fp64 whatever the weight's dtype, so scores are the same under bf16 training.
+The filter functions take a conv weight (C_out, C_in, k, k) (plus optional activation statistics)
+and work in fp32/fp64 whatever its dtype, so scores are the same under bf16 training.
 Frequencies are in cycles per pixel; the Nyquist square of stride s is |f|_inf <= 1/(2s).
 """
 
@@ -33,15 +33,23 @@ def frequency_grid(
 
 
 def power_spectra(weight: torch.Tensor, n_fft: int = 64) -> torch.Tensor:
-    """(C, n, n) power of each filter's zero-padded 2-D FFT, summed over input channels."""
+    """(C, n, n) power of each filter's zero-padded 2-D FFT, summed over input channels.
+
+    Input channels go through the FFT in chunks of at most 2^23 complex values (64 MB), so a wide
+    layer (conv2 of the full-width net: 256 x 96 filters) stays cheap in memory.
+    """
     if weight.dim() != 4:
         raise ValueError(
             f"expected a conv weight (C_out, C_in, k, k), got shape {tuple(weight.shape)}"
         )
     if n_fft < max(weight.shape[-2:]):
         raise ValueError(f"n_fft={n_fft} is smaller than the kernel {tuple(weight.shape[-2:])}")
-    spec = torch.fft.fft2(weight.detach().float(), s=(n_fft, n_fft))
-    return spec.abs().pow(2).sum(1)
+    w = weight.detach().float()
+    chunk = max(1, (1 << 23) // (w.shape[0] * n_fft * n_fft))
+    power = w.new_zeros(w.shape[0], n_fft, n_fft)
+    for part in w.split(chunk, dim=1):
+        power += torch.fft.fft2(part, s=(n_fft, n_fft)).abs().pow(2).sum(1)
+    return power
 
 
 def _share(power: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
@@ -51,21 +59,26 @@ def _share(power: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, inside / total.clamp_min(1e-30), torch.zeros_like(total))
 
 
-def aliasing_scores(weight: torch.Tensor, stride: int, n_fft: int = 64) -> torch.Tensor:
+def aliasing_scores(
+    weight: torch.Tensor, stride: int, n_fft: int = 64, power: torch.Tensor | None = None
+) -> torch.Tensor:
     """(C,) share of each filter's spectral energy outside the Nyquist square |f|_inf > 1/(2s).
 
     White noise scores about 1 - 1/s^2 (exactly 1 - (bins inside / n)^2 in expectation), so a
     freshly initialised layer looks aliased; the score is invariant to scaling a filter.
+    ``power`` (from ``power_spectra``) saves recomputing the spectra.
     """
-    power = power_spectra(weight, n_fft)
-    fy, fx = frequency_grid(n_fft, power.device)
+    power = power_spectra(weight, n_fft) if power is None else power
+    fy, fx = frequency_grid(power.shape[-1], power.device)
     return _share(power, torch.maximum(fy.abs(), fx.abs()) > 1.0 / (2 * stride))
 
 
-def dominant_frequencies(weight: torch.Tensor, n_fft: int = 64) -> torch.Tensor:
+def dominant_frequencies(
+    weight: torch.Tensor, n_fft: int = 64, power: torch.Tensor | None = None
+) -> torch.Tensor:
     """(C, 2) the (fy, fx) of each filter's spectral peak (DC included: colour blobs peak at 0)."""
-    power = power_spectra(weight, n_fft)
-    fy, fx = frequency_grid(n_fft, power.device)
+    power = power_spectra(weight, n_fft) if power is None else power
+    fy, fx = frequency_grid(power.shape[-1], power.device)
     idx = power.flatten(1).argmax(1)
     return torch.stack([fy.flatten()[idx], fx.flatten()[idx]], dim=1)
 
@@ -81,10 +94,12 @@ def frequency_bands(freqs: torch.Tensor, kernel: int, stride: int) -> torch.Tens
     return band
 
 
-def mid_band_energy(weight: torch.Tensor, stride: int, n_fft: int = 64) -> torch.Tensor:
+def mid_band_energy(
+    weight: torch.Tensor, stride: int, n_fft: int = 64, power: torch.Tensor | None = None
+) -> torch.Tensor:
     """(C,) share of each filter's energy in the alias-free band |f|_2 >= 1/k, |f|_inf <= 1/(2s)."""
-    power = power_spectra(weight, n_fft)
-    fy, fx = frequency_grid(n_fft, power.device)
+    power = power_spectra(weight, n_fft) if power is None else power
+    fy, fx = frequency_grid(power.shape[-1], power.device)
     k = max(weight.shape[-2:])
     region = (torch.sqrt(fy**2 + fx**2) >= 1.0 / k) & (
         torch.maximum(fy.abs(), fx.abs()) <= 1.0 / (2 * stride)
@@ -250,8 +265,9 @@ def filter_health(
     if positive is not None:
         never = positive.to(rms.device) == 0
         dead = dead | never
-    aliasing = aliasing_scores(weight, stride, n_fft)
-    dominant = dominant_frequencies(weight, n_fft)
+    power = power_spectra(weight, n_fft)
+    aliasing = aliasing_scores(weight, stride, power=power)
+    dominant = dominant_frequencies(weight, power=power)
     kernel = max(weight.shape[-2:])
     duplicate_of, anti = duplicates(weight, duplicate_threshold, ignore=dead)
     return FilterReport(
@@ -261,7 +277,7 @@ def filter_health(
         aliasing=aliasing,
         dominant=dominant,
         band=frequency_bands(dominant, kernel, stride),
-        mid_energy=mid_band_energy(weight, stride, n_fft),
+        mid_energy=mid_band_energy(weight, stride, power=power),
         dead=dead,
         aliased=(aliasing > alias_threshold) & ~dead,
         duplicate_of=duplicate_of,

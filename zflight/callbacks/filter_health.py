@@ -42,8 +42,9 @@ class FilterHealth(VisualizationCallback):
     ``<layer>/spectra`` (log power on one shared 40 dB scale, the Nyquist square of the layer's
     stride in cyan). Scalars per layer: ``dead``, ``aliased``, ``duplicate``, ``anti_pairs``,
     ``mid_band``, ``mid_band_energy``, ``aliasing_mean``, ``effective_rank``, ``at_radius`` and,
-    from the validation loop, ``never_active``. With ``gridding_layer``, ``<layer>/gridding`` scores
-    the deconvnet projections of that layer's strongest channels at conv1's stride harmonics.
+    from the validation loop, ``never_active``. With ``gridding_layer``, the scalar
+    ``<gridding_layer>/gridding`` scores the deconvnet projections of that layer's strongest
+    channels at conv1's stride harmonics, and ``<gridding_layer>/projections`` shows 16 of them.
 
     Args:
         layers: conv layers to diagnose (names for ``model.layer`` or ``named_modules``).
