@@ -20,7 +20,9 @@ from gpu_train import environment, parse_args, run_plain, run_zflight  # noqa: E
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(["--variants", "plain-fast,zflight", *(argv if argv is not None else sys.argv[1:])])
+    args = parse_args(
+        ["--variants", "plain-fast,zflight", *(argv if argv is not None else sys.argv[1:])]
+    )
     args.repeats = max(args.repeats, 3)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -35,8 +37,10 @@ def main(argv: list[str] | None = None) -> None:
             fn = run_plain if name == "plain" else run_zflight
             best[name] = min(best[name], fn(args, "fast", images, labels))
     print(environment(device))
-    print(f"ZFNet width {args.width}, {args.size} px, batch {args.batch}, {args.precision}, "
-          f"compile={args.compile}, {args.steps} timed steps after {args.warmup}, best of {args.repeats}")
+    print(
+        f"ZFNet width {args.width}, {args.size} px, batch {args.batch}, {args.precision}, "
+        f"compile={args.compile}, {args.steps} timed steps after {args.warmup}, best of {args.repeats}"
+    )
     print(f"{'':<10}{'ms/step':>10}{'img/s':>10}")
     for name, sec in best.items():
         print(f"{name:<10}{sec * 1e3:>10.1f}{args.batch / sec:>10.0f}")

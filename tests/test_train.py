@@ -51,7 +51,9 @@ def test_resume_continues_where_it_stopped(tmp_path):
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["epoch"] == 3 and last["global_step"] == 3 * first["global_step"]
     epochs = [int(row["epoch"]) for row in read_metrics(run) if row["val/acc1"]]
-    assert epochs[-2:] == [1, 2] and epochs.count(0) <= 1, "the resumed run trains epochs 1 and 2 only"
+    assert epochs[-2:] == [1, 2] and epochs.count(0) <= 1, (
+        "the resumed run trains epochs 1 and 2 only"
+    )
 
 
 def test_wandb_offline_run_holds_metrics(tiny, monkeypatch):

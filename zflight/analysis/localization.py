@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def pointing_game(maps: torch.Tensor, masks: torch.Tensor, tolerance: float | None = None) -> torch.Tensor:
+def pointing_game(
+    maps: torch.Tensor, masks: torch.Tensor, tolerance: float | None = None
+) -> torch.Tensor:
     """(N,) bool: whether each map's maximum lies on its object, within ``tolerance`` pixels.
 
     ``maps`` (N, H, W) are evidence maps at image resolution (larger = more important);

@@ -75,8 +75,12 @@ def _log_images(trainer: pl.Trainer, key: str, figs: list[Figure], step: int) ->
 
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):  # W&B shows a list best when its images share one size
-            logger.log_image(key=key, images=_same_size([f.image for f in figs]),
-                             caption=[f.caption for f in figs], step=step)
+            logger.log_image(
+                key=key,
+                images=_same_size([f.image for f in figs]),
+                caption=[f.caption for f in figs],
+                step=step,
+            )
         elif isinstance(logger, TensorBoardLogger):
             for i, f in enumerate(figs):
                 tag = key if len(figs) == 1 else f"{key}/{i}"

@@ -128,11 +128,21 @@ class ImageFolderDataModule(pl.LightningDataModule):
     Batches are ``(images, labels)``; with ``ten_crop`` validation images are (B, 10, 3, 224, 224).
     """
 
-    def __init__(self, root: str, image_size: int = 224, resize: int = 256, batch_size: int = 128,
-                 num_workers: int = 8, ten_crop: bool = False, decode: str = "auto") -> None:
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 224,
+        resize: int = 256,
+        batch_size: int = 128,
+        num_workers: int = 8,
+        ten_crop: bool = False,
+        decode: str = "auto",
+    ) -> None:
         super().__init__()
         if decode not in ("auto", "device", "workers", "torchvision"):
-            raise ValueError(f"data.decode must be auto, device, workers or torchvision; got {decode!r}")
+            raise ValueError(
+                f"data.decode must be auto, device, workers or torchvision; got {decode!r}"
+            )
         self.root, self.image_size, self.resize = Path(os.path.expanduser(root)), image_size, resize
         self.batch_size, self.num_workers, self.ten_crop = batch_size, num_workers, ten_crop
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
@@ -141,7 +151,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
         if decode != "torchvision" and not ten_crop:
             from zflight.data.jpeg import JpegPipeline
 
-            self.pipe = JpegPipeline(size=image_size, resize=resize, mean=self.mean, std=self.std, decode=decode)
+            self.pipe = JpegPipeline(
+                size=image_size, resize=resize, mean=self.mean, std=self.std, decode=decode
+            )
         self.class_names: list[str] = check_image_folder(self.root)
 
     @property
@@ -160,22 +172,46 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
         norm = T.Normalize(self.mean, self.std)
         if self.ten_crop:
-            val_tf = T.Compose([T.Resize(self.resize), T.TenCrop(self.image_size),
-                                T.Lambda(lambda crops: torch.stack([norm(T.functional.to_tensor(c)) for c in crops]))])
+            val_tf = T.Compose(
+                [
+                    T.Resize(self.resize),
+                    T.TenCrop(self.image_size),
+                    T.Lambda(
+                        lambda crops: torch.stack([norm(T.functional.to_tensor(c)) for c in crops])
+                    ),
+                ]
+            )
         else:
-            val_tf = T.Compose([T.Resize(self.resize), T.CenterCrop(self.image_size), T.ToTensor(), norm])
-        self.val_dataset = self._val_loader_dataset = datasets.ImageFolder(str(self.root / "val"), val_tf)
+            val_tf = T.Compose(
+                [T.Resize(self.resize), T.CenterCrop(self.image_size), T.ToTensor(), norm]
+            )
+        self.val_dataset = self._val_loader_dataset = datasets.ImageFolder(
+            str(self.root / "val"), val_tf
+        )
         if stage in (None, "fit"):
-            train_tf = T.Compose([T.Resize(self.resize), T.RandomCrop(self.image_size), T.RandomHorizontalFlip(),
-                                  T.ToTensor(), norm])
+            train_tf = T.Compose(
+                [
+                    T.Resize(self.resize),
+                    T.RandomCrop(self.image_size),
+                    T.RandomHorizontalFlip(),
+                    T.ToTensor(),
+                    norm,
+                ]
+            )
             self.train_dataset = datasets.ImageFolder(str(self.root / "train"), train_tf)
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
         pin = self.pipe is None or self.pipe.decode == "workers"
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle,
-                          num_workers=self.num_workers, pin_memory=pin and torch.cuda.is_available(),
-                          persistent_workers=self.num_workers > 0,
-                          collate_fn=self.pipe.collate if self.pipe is not None else None)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=pin and torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+            collate_fn=self.pipe.collate if self.pipe is not None else None,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, shuffle=True)

@@ -111,7 +111,9 @@ def render(params: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     image = torch.where(mask.unsqueeze(1), obj.view(b, 3, 1, 1) * shade.unsqueeze(1), image)
 
     gen = torch.Generator()
-    noise = torch.stack([torch.randn(3, size, size, generator=gen.manual_seed(int(seed))) for seed in params[:, -1]])
+    noise = torch.stack(
+        [torch.randn(3, size, size, generator=gen.manual_seed(int(seed))) for seed in params[:, -1]]
+    )
     image = image + 0.04 * noise
     return (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8), mask
 
