@@ -12,6 +12,12 @@ def test_defaults_and_overrides():
     assert cfg.trainer.max_epochs == 3 and cfg.model.width == 0.5 and cfg.data.name == "shapes"
 
 
+def test_boolean_words_reach_string_choices():
+    # YAML reads `true` as a boolean; a field whose choices are words still takes it
+    assert load_config(["trainer.channels_last=true"]).trainer.channels_last == "true"
+    assert load_config(["trainer.channels_last=False"]).trainer.channels_last == "false"
+
+
 def test_experiment_and_group_choice():
     cfg = load_config(["experiment=imagenet", "data.root=/tmp", "logger=csv"])
     assert (

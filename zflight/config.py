@@ -177,6 +177,10 @@ def load_config(
     except OmegaConfBaseException as exc:
         raise ConfigError(f"could not parse overrides: {exc}") from None
     cfg = _merge(cfg, dotted_cfg)
+    for key, valid in CHOICES.items():  # `key=true` reaches a string field as "True"
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, str) and value.lower() in valid and value not in valid:
+            OmegaConf.update(cfg, key, value.lower())
     validate(cfg)
     return cfg
 

@@ -25,7 +25,7 @@ from torch import nn
 from typing_extensions import override
 
 from zflight.analysis.images import denormalize, to_uint8
-from zflight.callbacks.sinks import write_outputs
+from zflight.callbacks.sinks import WRITER, Figure, write_outputs
 
 
 @dataclass
@@ -75,14 +75,6 @@ class Probe:
             else None
         )
         return cls(images, labels, masks, indices=idx, **info)
-
-
-@dataclass
-class Figure:
-    """One picture (uint8 HxWx3) with an optional caption."""
-
-    image: np.ndarray
-    caption: str = ""
 
 
 @dataclass
@@ -137,6 +129,8 @@ class VisualizationCallback(pl.Callback):
         grad: run ``analyze`` with gradients enabled (still eval mode; weights untouched).
         name: overrides the class's ``name`` (key prefix and checkpoint ``state_key``) so
             several instances can coexist.
+        background_output: encode and write figures on a background thread (``sinks.WRITER``);
+            everything is written by the end of ``fit``/``validate``, also after an error.
 
     Raises:
         ValueError: for a non-positive ``every_n_epochs`` or ``num_probes``.
@@ -154,6 +148,7 @@ class VisualizationCallback(pl.Callback):
         strict: bool = False,
         grad: bool = False,
         name: str | None = None,
+        background_output: bool = True,
     ) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
@@ -166,6 +161,7 @@ class VisualizationCallback(pl.Callback):
         self.probe_seed = probe_seed
         self.strict = strict
         self.grad = grad
+        self.background_output = background_output
         if name is not None:
             self.name = name
         self.current_batch: Any = None
@@ -235,10 +231,20 @@ class VisualizationCallback(pl.Callback):
             self._run(trainer, pl_module)
 
     @override
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.is_global_zero:  # W&B image logs prepared by the writer thread
+            WRITER.drain(raise_errors=self.strict)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        WRITER.flush(raise_errors=self.strict)
+
+    @override
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         self._remove_hooks()
+        WRITER.flush(raise_errors=False)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -289,7 +295,7 @@ class VisualizationCallback(pl.Callback):
         self.logged_epochs.append(trainer.current_epoch)
         if trainer.is_global_zero and result is not None:
             try:
-                write_outputs(trainer, self.name, result)
+                write_outputs(trainer, self.name, result, self.background_output, self.strict)
             except Exception as exc:
                 if self.strict:
                     raise

@@ -1,12 +1,24 @@
 """Where visual output goes: PNG files and a static gallery under the run directory (always), and
-every attached logger that takes images or scalars (W&B, TensorBoard, CSV). Rank 0 only."""
+every attached logger that takes images or scalars (W&B, TensorBoard, CSV). Rank 0 only.
+
+Scalars reach the loggers at once. Figures are encoded on one background thread (``WRITER``), in
+the order they were produced, so rank 0 goes back to training (and the other ranks stop waiting for
+it at the next collective) while PNGs are compressed. W&B's ``log`` is not thread-safe, so the
+thread only encodes the W&B images; the ``log`` call itself is handed back and made on the main
+thread at the next ``drain()`` (the images keep their ``trainer/global_step``).
+"""
 
 from __future__ import annotations
 
 import html
 import json
 import math
+import queue
 import re
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +30,15 @@ from zflight.analysis.images import caption, grid
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
-    from zflight.callbacks.base import Figure, VizResult
+    from zflight.callbacks.base import VizResult
+
+
+@dataclass
+class Figure:
+    """One picture (uint8 HxWx3) with an optional caption."""
+
+    image: np.ndarray
+    caption: str = ""
 
 
 def viz_dir(trainer: pl.Trainer) -> Path:
@@ -28,8 +48,6 @@ def viz_dir(trainer: pl.Trainer) -> Path:
 
 def as_figures(value: Any) -> list[Figure]:
     """Normalise an array, a Figure or a list of either to a list of Figures."""
-    from zflight.callbacks.base import Figure
-
     items = value if isinstance(value, (list, tuple)) else [value]
     figs = [it if isinstance(it, Figure) else Figure(np.asarray(it)) for it in items]
     for f in figs:
@@ -49,42 +67,145 @@ def compose(figs: list[Figure]) -> np.ndarray:
     return grid(tiles, ncols=1 if wide else math.ceil(math.sqrt(len(tiles))), pad=4)
 
 
-def write_outputs(trainer: pl.Trainer, name: str, result: VizResult) -> None:
-    """Write one callback's result for the current epoch everywhere it belongs."""
+Finish = Callable[[], None]
+
+
+class BackgroundWriter:
+    """One daemon thread that runs output jobs in submission order.
+
+    A job runs on the thread and may return a ``finish`` callable that must run on the main thread
+    (a W&B ``log``); ``drain()`` runs the finished ones, ``flush()`` waits for every job first. At
+    most ``max_pending`` jobs wait at once: a producer faster than the disk blocks rather than
+    piling figures up in memory. A failed job is reported at the next drain: a warning, or an
+    exception when it was submitted with ``strict=True``.
+    """
+
+    def __init__(self, max_pending: int = 8) -> None:
+        self._jobs: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._done: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._start = threading.Lock()
+
+    def submit(self, label: str, job: Callable[[], Finish | None], strict: bool = False) -> None:
+        with self._start:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._loop, name="zflight-writer", daemon=True
+                )
+                self._thread.start()
+        self._jobs.put((label, job, strict))
+
+    def pending(self) -> bool:
+        return self._jobs.unfinished_tasks > 0 or not self._done.empty()
+
+    def drain(self, raise_errors: bool = True) -> None:
+        """Run the main-thread part of every finished job; report failures."""
+        while True:
+            try:
+                label, strict, finish, error = self._done.get_nowait()
+            except queue.Empty:
+                return
+            if error is None and finish is not None:
+                try:
+                    finish()
+                except Exception as exc:
+                    error = "".join(traceback.format_exception(exc))
+            if error is not None:
+                if strict and raise_errors:
+                    raise RuntimeError(f"could not write the output of {label!r}:\n{error}")
+                from lightning.pytorch.utilities import rank_zero_warn
+
+                rank_zero_warn(
+                    f"could not write the output of {label!r}; training continues.\n{error}"
+                )
+
+    def flush(self, raise_errors: bool = True) -> None:
+        """Wait until every submitted job has run, then drain."""
+        if self._thread is not None and self._thread.is_alive():
+            self._jobs.join()
+        self.drain(raise_errors)
+
+    def _loop(self) -> None:
+        while True:
+            label, job, strict = self._jobs.get()
+            try:
+                self._done.put((label, strict, job(), None))
+            except Exception as exc:
+                self._done.put((label, strict, None, "".join(traceback.format_exception(exc))))
+            finally:
+                self._jobs.task_done()
+
+
+WRITER = BackgroundWriter()
+
+
+def write_outputs(
+    trainer: pl.Trainer,
+    name: str,
+    result: VizResult,
+    background: bool = True,
+    strict: bool = False,
+) -> None:
+    """Write one callback's result for the current epoch everywhere it belongs.
+
+    Scalars go to the loggers now; figures (copied, so the caller may reuse its arrays), the
+    ``scalars.jsonl`` line and the gallery are written by ``WRITER`` when ``background``, else here.
+    """
     root = viz_dir(trainer)
     epoch, step = trainer.current_epoch, trainer.global_step
-    for key, value in result.figures.items():
-        figs = as_figures(value)
-        path = root / name / key / f"epoch_{epoch:04d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(compose(figs)).save(path, compress_level=1)
-        _log_images(trainer, f"{name}/{key}", figs, step)
+    figures = {
+        key: [Figure(f.image.copy(), f.caption) for f in as_figures(value)]
+        for key, value in result.figures.items()
+    }
     scalars = {f"{name}/{k}": float(v) for k, v in result.scalars.items()}
-    if scalars:
-        for logger in trainer.loggers:
+    for logger in trainer.loggers:
+        if scalars:
             logger.log_metrics(scalars, step=step)
-        root.mkdir(parents=True, exist_ok=True)
-        with open(root / "scalars.jsonl", "a") as f:
-            for k, v in scalars.items():
-                f.write(json.dumps({"epoch": epoch, "step": step, "key": k, "value": v}) + "\n")
-    write_gallery(root)
+    loggers = list(trainer.loggers)
+
+    def job() -> Finish | None:
+        finishes = []
+        for key, figs in figures.items():
+            path = root / name / key / f"epoch_{epoch:04d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(compose(figs)).save(path, compress_level=1)
+            finishes += _log_images(loggers, f"{name}/{key}", figs, step)
+        if scalars:
+            root.mkdir(parents=True, exist_ok=True)
+            with open(root / "scalars.jsonl", "a") as f:
+                for k, v in scalars.items():
+                    f.write(json.dumps({"epoch": epoch, "step": step, "key": k, "value": v}) + "\n")
+        write_gallery(root)
+        return (lambda: [fin() for fin in finishes]) if finishes else None
+
+    if background:
+        WRITER.submit(name, job, strict)
+        WRITER.drain()
+    else:
+        finish = job()
+        if finish is not None:
+            finish()
 
 
-def _log_images(trainer: pl.Trainer, key: str, figs: list[Figure], step: int) -> None:
+def _log_images(loggers: list, key: str, figs: list[Figure], step: int) -> list[Finish]:
+    """Send figures to the loggers that take images; returns the calls left for the main thread."""
     from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
-    for logger in trainer.loggers:
+    finishes: list[Finish] = []
+    for logger in loggers:
         if isinstance(logger, WandbLogger):  # W&B shows a list best when its images share one size
-            logger.log_image(
-                key=key,
-                images=_same_size([f.image for f in figs]),
-                caption=[f.caption for f in figs],
-                step=step,
-            )
-        elif isinstance(logger, TensorBoardLogger):
+            import wandb
+
+            images = [
+                wandb.Image(im, caption=f.caption)
+                for im, f in zip(_same_size([f.image for f in figs]), figs, strict=True)
+            ]
+            finishes.append(lambda lg=logger, im=images: lg.log_metrics({key: im}, step=step))
+        elif isinstance(logger, TensorBoardLogger):  # its event writer is thread-safe
             for i, f in enumerate(figs):
                 tag = key if len(figs) == 1 else f"{key}/{i}"
                 logger.experiment.add_image(tag, f.image, step, dataformats="HWC")
+    return finishes
 
 
 def _same_size(images: list[np.ndarray]) -> list[np.ndarray]:
