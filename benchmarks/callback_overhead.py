@@ -150,14 +150,19 @@ def measure(names: list[str], found: dict, dm: ShapesDataModule, width: float):
     """Seconds per train and val image without callbacks, and per callback (analysis, output,
     streaming per validation image) in the second epoch."""
     output: dict[tuple[str, int], float] = defaultdict(float)
+    handoff: dict[tuple[str, int], float] = defaultdict(float)
     write = base.write_outputs
 
-    def timed_write(trainer, name, result):
+    def timed_write(trainer, name, result, *args):
+        # all of the writing on this thread (what a synchronous sink costs) ...
         start = time.perf_counter()
-        try:
-            write(trainer, name, result)
-        finally:
-            output[name, trainer.current_epoch] += time.perf_counter() - start
+        write(trainer, name, result, False, True)
+        output[name, trainer.current_epoch] += time.perf_counter() - start
+        # ... and what is left on it when the background writer takes the figures
+        start = time.perf_counter()
+        write(trainer, name, result, True, True)
+        handoff[name, trainer.current_epoch] += time.perf_counter() - start
+        base.WRITER.flush()
 
     base.write_outputs = timed_write
     rows = {}
@@ -170,7 +175,12 @@ def measure(names: list[str], found: dict, dm: ShapesDataModule, width: float):
                 cb = found[name](every_n_epochs=1, strict=True)
                 timing = Timings(cb)
                 fit(dm, width, [cb, timing], root)
-                rows[name] = (timing.analyze[1], output[name, 1], timing.stream[1] / dm.val_size)
+                rows[name] = (
+                    timing.analyze[1],
+                    output[name, 1],
+                    timing.stream[1] / dm.val_size,
+                    handoff[name, 1],
+                )
     finally:
         base.write_outputs = write
     return train_img, val_img, rows
@@ -191,7 +201,7 @@ def report(rows: dict, train_img: float, val_img: float, size: int) -> None:
         "stream",
         "shapes",
         "ImageNet, 4 GPUs",
-        "async output",
+        "background output",
     )
     units = ("", "ms/call", "ms/call", "us/val img", "share", "opt..pess share", "opt..pess share")
     for row in (head, units):
@@ -199,11 +209,12 @@ def report(rows: dict, train_img: float, val_img: float, size: int) -> None:
             f"{row[0]:<13}{row[1]:>10}{row[2]:>10}{row[3]:>12}{row[4]:>9}{row[5]:>20}{row[6]:>20}"
         )
     total = defaultdict(float)
-    for name, (analysis, output, stream) in rows.items():
+    for name, (analysis, output, stream, handoff) in rows.items():
         costs = {"shapes": analysis + output + stream * SHAPES_VAL}
         for bound, slow, grow in (("opt", 1.0, 1.0), ("pess", SMALL_BATCH_PENALTY, pixels)):
             work = (analysis + stream * val_per_rank) * scale * slow
-            costs[bound], costs[bound + "_async"] = work + output * grow * LOGGER_ENCODES, work
+            costs[bound] = work + output * grow * LOGGER_ENCODES
+            costs[bound + "_async"] = work + handoff * grow
         for k, v in costs.items():
             total[k] += v
         _row(
@@ -235,7 +246,8 @@ def report(rows: dict, train_img: float, val_img: float, size: int) -> None:
         f"  output (rank 0 while the others wait at the next collective): CPU time x "
         f"{LOGGER_ENCODES} (W&B encodes each image again), optimistic with figures of the same "
         f"size (tiles fixed by parameters), pessimistic x {pixels:.1f} (figures grow with the "
-        f"224/{size} px image area); 'async output' assumes it moves to a background thread"
+        f"224/{size} px image area); 'background output' (the default, sinks.WRITER) counts only the main "
+        f"thread's hand-off (copying the figures, logging scalars), measured here"
     )
 
 

@@ -390,3 +390,16 @@ def test_ablation_end_to_end_on_a_tiny_budget(tmp_path):
     for arm in ablation.ARMS:
         series = ablation.read_scalars(tmp_path / "abl" / arm)
         assert [e for e, _ in series["conv1/dead"]] == [0, 1]
+
+
+def test_activation_statistics_stop_after_stats_images(tmp_path):
+    model = tiny_zfnet()
+    cb = FilterHealth(
+        layers=["conv1"], gridding_layer=None, num_probes=2, stats_images=8, strict=True
+    )
+    data = loader(n=12)
+    trainer(tmp_path, [cb]).validate(Classifier(model), data)
+    first = data.dataset.tensors[0][: cb._counted["conv1"]]
+    assert cb._counted["conv1"] >= 8 and len(first) < 12, "stopped after the batch that reached 8"
+    direct = model.features.conv1(first) > 0
+    assert int(cb._positive["conv1"].sum()) == int(direct.sum())

@@ -56,6 +56,8 @@ class FilterHealth(VisualizationCallback):
             needs the model's conv trunk as an ``nn.Sequential`` called ``features``).
         gridding_channels: strongest channels projected per probe image.
         activation_stats: count never-positive channels over the validation loop.
+        stats_images: stop counting after this many validation images per rank (a sample is
+            enough to find never-active channels; keeps the cost flat on large validation sets).
         ncols: filters per row in the grids.
         **kwargs: schedule and probe options of ``VisualizationCallback``.
 
@@ -79,6 +81,7 @@ class FilterHealth(VisualizationCallback):
         gridding_layer: str | None = "conv2",
         gridding_channels: int = 4,
         activation_stats: bool = True,
+        stats_images: int = 2048,
         ncols: int = 12,
         **kwargs: Any,
     ) -> None:
@@ -98,14 +101,17 @@ class FilterHealth(VisualizationCallback):
         self.gridding_layer = gridding_layer
         self.gridding_channels = gridding_channels
         self.activation_stats = activation_stats
+        self.stats_images = stats_images
         self.ncols = ncols
         self.above: dict[str, bool] = {}
         self._positive: dict[str, torch.Tensor] = {}
+        self._counted: dict[str, int] = {}
 
     # ---- streaming: never-positive channels over the validation loop -----------------------------
     @override
     def reset_stream(self) -> None:
         self._positive = {}
+        self._counted = {}
 
     @override
     def stream_hooks(self, model: nn.Module) -> list[tuple[nn.Module, Callable]]:
@@ -115,6 +121,9 @@ class FilterHealth(VisualizationCallback):
 
     def _counter(self, name: str) -> Callable:
         def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            if self._counted.get(name, 0) >= self.stats_images:
+                return
+            self._counted[name] = self._counted.get(name, 0) + output.shape[0]
             counts = positive_counts(output)
             self._positive[name] = (
                 self._positive[name] + counts if name in self._positive else counts
