@@ -96,6 +96,16 @@ def test_paper_init_and_unknown_names():
         create_model("zfnet", init="xavier")
 
 
+def test_conv1_std_sets_only_the_first_layer():
+    torch.manual_seed(0)
+    m = create_model("zfnet", num_classes=10, width=0.5, conv1_std=1e-3)
+    assert abs(m.layer("conv1").weight.std().item() - 1e-3) < 1e-4
+    fan_in = m.layer("conv2").weight[0].numel()  # kaiming: std sqrt(2 / fan_in)
+    assert (
+        abs(m.layer("conv2").weight.std().item() - (2 / fan_in) ** 0.5) < 0.05 * (2 / fan_in) ** 0.5
+    )
+
+
 def test_no_inplace_relu():
     m = create_model("zfnet", width=0.25)
     assert all(not r.inplace for r in m.modules() if isinstance(r, nn.ReLU))

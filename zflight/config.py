@@ -30,6 +30,7 @@ class ModelConfig:
     head_pool: int = 6
     dropout: float = 0.5
     init: str = "kaiming"
+    conv1_std: float | None = None
     lrn: str = "fast"
     pool: str = "fast"
 

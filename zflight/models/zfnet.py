@@ -46,6 +46,9 @@ class ZFNet(nn.Module):
         head_pool: side of the adaptive average pool before fc6 (6 at 224 px is the identity).
         dropout: dropout before fc6 and fc7.
         init: ``"kaiming"`` (trains reliably with any optimizer) or ``"paper"`` (N(0, 1e-2), bias 0).
+        conv1_std: standard deviation of conv1's initial weights instead of the ``init`` rule's
+            (None). A small start (the paper's 0.01) keeps conv1's random initial pattern from
+            hiding what training learns in the filters and their deconvnet projections.
         lrn: module class used for local response normalisation (swap in a faster exact one).
         pool: module class used for max pooling (same constructor as ``nn.MaxPool2d``).
     """
@@ -59,6 +62,7 @@ class ZFNet(nn.Module):
         head_pool: int = 6,
         dropout: float = 0.5,
         init: str = "kaiming",
+        conv1_std: float | None = None,
         lrn: type[nn.Module] = nn.LocalResponseNorm,
         pool: type[nn.Module] = nn.MaxPool2d,
     ) -> None:
@@ -99,9 +103,9 @@ class ZFNet(nn.Module):
                 fc8=nn.Linear(hidden, num_classes),
             )
         )
-        self.reset_parameters(init)
+        self.reset_parameters(init, conv1_std)
 
-    def reset_parameters(self, init: str = "kaiming") -> None:
+    def reset_parameters(self, init: str = "kaiming", conv1_std: float | None = None) -> None:
         if init not in ("kaiming", "paper"):
             raise ValueError(f"model.init must be one of 'kaiming', 'paper'; got {init!r}")
         for m in self.modules():
@@ -111,6 +115,8 @@ class ZFNet(nn.Module):
                 else:
                     nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 nn.init.zeros_(m.bias)
+        if conv1_std is not None:
+            nn.init.normal_(self.features.conv1.weight, 0.0, conv1_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x))
