@@ -9,6 +9,7 @@ batches with signed-distance tests, so building 20k images takes seconds. Each s
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -143,7 +144,12 @@ class ShapesDataset(Dataset):
             )
         self.class_names = list(CLASSES[:num_classes])
         params = np.stack([_params(seed, split, i, num_classes) for i in range(length)])
-        parts = [render(params[i : i + chunk], image_size) for i in range(0, length, chunk)]
+        with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:  # torch frees the GIL
+            parts = list(
+                pool.map(
+                    lambda i: render(params[i : i + chunk], image_size), range(0, length, chunk)
+                )
+            )
         self.images = torch.cat([im for im, _ in parts])
         self.masks = torch.cat([m for _, m in parts])
         self.labels = torch.as_tensor(params[:, 0], dtype=torch.long)
