@@ -122,3 +122,29 @@ def test_console_script_help_and_config_error():
     assert p.returncode == 2 and "unknown config key 'trainer.max_epoch'" in p.stderr
     p = _run([sys.executable, "-m", "zflight", "--help"])
     assert p.returncode == 0 and "visualize" in p.stdout
+
+
+FAULTS = """
+import resource, sys, torch
+if sys.argv[1] == "keep":
+    from zflight.train import keep_freed_memory
+    assert keep_freed_memory()
+torch.empty(12 << 20).fill_(1)  # 48 MiB: above glibc's largest automatic mmap threshold
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    torch.empty(12 << 20).fill_(1)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_stops_page_faults_on_reallocation():
+    def faults(mode):
+        out = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return int(out.stdout.split()[-1])
+
+    system, keep = faults("system"), faults("keep")
+    pages = 20 * (48 << 20) // 4096
+    assert system >= 0.9 * pages, "each 48 MiB allocation faults in fresh pages by default"
+    assert keep <= 0.1 * system

@@ -88,6 +88,7 @@ class TrainerConfig:
     limit_val_batches: float = 1.0
     deterministic: bool = False
     progress: bool = True
+    keep_freed_memory: bool = True
     ddp: DDPConfig = field(default_factory=DDPConfig)
 
 
