@@ -7,7 +7,11 @@ writing its output (PNG files), and of its streaming hooks during validation, in
 + 2,000 validation images, at the measured speed) and extrapolated to an ImageNet epoch on 4 GPUs
 under the assumptions printed with the table (an optimistic and a pessimistic bound).
 ``--size 224 --width 1`` measures at ImageNet geometry instead (slow on a CPU; figures then have
-their ImageNet size and only the compute speed is extrapolated).
+their ImageNet size and only the compute speed is extrapolated). On a GPU machine
+(``--accelerator gpu``, the default where CUDA is present) the costs are measured there and only
+the epoch length is taken from the assumptions.
+
+    python benchmarks/callback_overhead.py --size 224 --width 1 --train 4096 --val 2048  # GPU
 
     python benchmarks/callback_overhead.py --quick      # a few minutes on 2 idle cores
     python benchmarks/callback_overhead.py --callbacks deconv,occlusion
@@ -33,6 +37,16 @@ from zflight.callbacks.base import VisualizationCallback
 from zflight.data import ShapesDataModule
 from zflight.models import zfnet
 from zflight.module import ClassifierModule
+
+ACCELERATOR = "cpu"  # set by --accelerator
+
+
+def now() -> float:
+    """Wall time after the GPU (if used) has finished what was queued."""
+    if ACCELERATOR == "gpu":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
 
 SHAPES_TRAIN, SHAPES_VAL = 16_000, 2_000
 IMAGENET_TRAIN, IMAGENET_VAL, GPUS = 1_281_167, 50_000, 4
@@ -70,22 +84,22 @@ class Clock(pl.Callback):
         self._t = 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._t = time.perf_counter()
+        self._t = now()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.train[trainer.current_epoch] += time.perf_counter() - self._t
+        self.train[trainer.current_epoch] += now() - self._t
         self.train_n[trainer.current_epoch] += batch[0].shape[0]
 
     def on_validation_batch_start(
         self, trainer, pl_module, batch, batch_idx, dataloader_idx=0
     ) -> None:
-        self._t = time.perf_counter()
+        self._t = now()
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
     ) -> None:
         if not trainer.sanity_checking:
-            self.val[trainer.current_epoch] += time.perf_counter() - self._t
+            self.val[trainer.current_epoch] += now() - self._t
             self.val_n[trainer.current_epoch] += batch[0].shape[0]
 
 
@@ -98,19 +112,19 @@ class Timings(pl.Callback):
         analyze, hooks = cb.analyze, cb.stream_hooks
 
         def timed_analyze(*args, **kwargs):
-            start = time.perf_counter()
+            start = now()
             try:
                 return analyze(*args, **kwargs)
             finally:
-                self.analyze[self.epoch] += time.perf_counter() - start
+                self.analyze[self.epoch] += now() - start
 
         def timed_hook(fn):
             def hook(*args):
-                start = time.perf_counter()
+                start = now()
                 try:
                     fn(*args)
                 finally:
-                    self.stream[self.epoch] += time.perf_counter() - start
+                    self.stream[self.epoch] += now() - start
 
             return hook
 
@@ -132,7 +146,7 @@ def classifier(dm: ShapesDataModule, width: float) -> ClassifierModule:
 def fit(dm: ShapesDataModule, width: float, callbacks: list[pl.Callback], root: str) -> None:
     """Two epochs on the CPU; the second is the one measured."""
     trainer = pl.Trainer(
-        accelerator="cpu",
+        accelerator=ACCELERATOR,
         devices=1,
         max_epochs=2,
         default_root_dir=root,
@@ -155,13 +169,13 @@ def measure(names: list[str], found: dict, dm: ShapesDataModule, width: float):
 
     def timed_write(trainer, name, result, *args):
         # all of the writing on this thread (what a synchronous sink costs) ...
-        start = time.perf_counter()
+        start = now()
         write(trainer, name, result, False, True)
-        output[name, trainer.current_epoch] += time.perf_counter() - start
+        output[name, trainer.current_epoch] += now() - start
         # ... and what is left on it when the background writer takes the figures
-        start = time.perf_counter()
+        start = now()
         write(trainer, name, result, True, True)
-        handoff[name, trainer.current_epoch] += time.perf_counter() - start
+        handoff[name, trainer.current_epoch] += now() - start
         base.WRITER.flush()
 
     base.write_outputs = timed_write
@@ -180,17 +194,20 @@ def measure(names: list[str], found: dict, dm: ShapesDataModule, width: float):
                     output[name, 1],
                     timing.stream[1] / dm.val_size,
                     handoff[name, 1],
+                    getattr(cb, "stats_images", None),  # streams only this many images per rank
                 )
     finally:
         base.write_outputs = write
     return train_img, val_img, rows
 
 
-def report(rows: dict, train_img: float, val_img: float, size: int) -> None:
+def report(rows: dict, train_img: float, val_img: float, size: int, on_gpu: bool = False) -> None:
     """The table: measured costs and shapes-epoch shares, and the ImageNet extrapolation."""
     shapes_epoch = SHAPES_TRAIN * train_img + SHAPES_VAL * val_img
     gpu_img = 1 / GPU_RATE
-    scale = gpu_img / train_img  # CPU image here -> GPU ImageNet image, same share of the work
+    # CPU image here -> GPU ImageNet image, same share of the work; measured on a GPU: as is
+    scale = 1.0 if on_gpu else gpu_img / train_img
+    penalty = 1.0 if on_gpu else SMALL_BATCH_PENALTY
     pixels = (224 / size) ** 2
     in_epoch = IMAGENET_TRAIN / (GPUS * GPU_RATE) + IMAGENET_VAL / (GPUS * GPU_RATE * VAL_SPEEDUP)
     val_per_rank = IMAGENET_VAL / GPUS
@@ -209,10 +226,12 @@ def report(rows: dict, train_img: float, val_img: float, size: int) -> None:
             f"{row[0]:<13}{row[1]:>10}{row[2]:>10}{row[3]:>12}{row[4]:>9}{row[5]:>20}{row[6]:>20}"
         )
     total = defaultdict(float)
-    for name, (analysis, output, stream, handoff) in rows.items():
+    for name, (analysis, output, stream, handoff, stats_images) in rows.items():
         costs = {"shapes": analysis + output + stream * SHAPES_VAL}
-        for bound, slow, grow in (("opt", 1.0, 1.0), ("pess", SMALL_BATCH_PENALTY, pixels)):
-            work = (analysis + stream * val_per_rank) * scale * slow
+        streamed = min(val_per_rank, stats_images or val_per_rank)
+        for bound, slow, grow in (("opt", 1.0, 1.0), ("pess", penalty, pixels)):
+            # streaming runs on full validation batches: no small-batch penalty
+            work = (analysis * slow + stream * streamed) * scale
             costs[bound] = work + output * grow * LOGGER_ENCODES
             costs[bound + "_async"] = work + handoff * grow
         for k, v in costs.items():
@@ -237,10 +256,12 @@ def report(rows: dict, train_img: float, val_img: float, size: int) -> None:
         f"img/s each, validating {VAL_SPEEDUP:.0f}x faster, {IMAGENET_TRAIN} + {IMAGENET_VAL} images"
     )
     print(
-        f"  analysis and streaming: CPU time here x {scale:.5f} (GPU ImageNet / CPU time per "
-        f"training image); pessimistic x {SMALL_BATCH_PENALTY:.0f} more (probe batches of a few "
-        f"images run far below training efficiency); every rank analyses, each streams "
-        f"{val_per_rank:.0f} validation images"
+        f"  analysis and streaming: measured time x {scale:.5f} "
+        f"{'(measured on this GPU)' if on_gpu else '(GPU ImageNet / CPU time per training image)'}"
+        f"; pessimistic x {penalty:.0f} more for the analyses (probe batches of a few images run "
+        f"far below training efficiency), none for streaming (full validation batches); every "
+        f"rank analyses, each streams {val_per_rank:.0f} validation images (fewer where a "
+        f"callback caps it, e.g. FilterHealth's stats_images)"
     )
     print(
         f"  output (rank 0 while the others wait at the next collective): CPU time x "
@@ -266,7 +287,8 @@ def _share(cost: float, epoch: float) -> str:
 
 def environment() -> str:
     return (
-        f"torch {torch.__version__}, lightning {pl.__version__}, device cpu, "
+        f"torch {torch.__version__}, lightning {pl.__version__}, device {ACCELERATOR}"
+        f"{' (' + torch.cuda.get_device_name() + ')' if ACCELERATOR == 'gpu' else ''}, "
         f"threads {torch.get_num_threads()}"
     )
 
@@ -281,7 +303,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--width", type=float, default=0.25, help="ZFNet width (1.0: the paper's)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--batch", type=int, default=128)
+    p.add_argument(
+        "--accelerator",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
+        help="gpu: measure there directly (use --size 224 --width 1 for ImageNet geometry)",
+    )
     args = p.parse_args(argv)
+    global ACCELERATOR
+    ACCELERATOR = args.accelerator
+    if ACCELERATOR == "auto":
+        ACCELERATOR = "gpu" if torch.cuda.is_available() else "cpu"
     if args.quick:
         args.train, args.val = 512, 256
     if args.threads:
@@ -299,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         f"shapes, ZFNet width {args.width}, {args.size} px, batch {args.batch}, second of two "
         f"epochs of {args.train} + {args.val} images, every_n_epochs=1, defaults otherwise\n"
     )
-    report(rows, train_img, val_img, args.size)
+    report(rows, train_img, val_img, args.size, on_gpu=ACCELERATOR == "gpu")
 
 
 if __name__ == "__main__":

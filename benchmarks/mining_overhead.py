@@ -28,6 +28,7 @@ from zflight.callbacks.deconv import DeconvTopK
 from zflight.data.modules import ShapesDataModule
 from zflight.models import zfnet
 from zflight.module import ClassifierModule
+from zflight.train import keep_freed_memory
 
 
 class LoopTimer(pl.Callback):
@@ -56,9 +57,9 @@ class StreamOnly(DeconvTopK):
         super().__init__(**kwargs)
         self.hook_times: list[float] = []
 
-    def reset_stream(self) -> None:
-        super().reset_stream()
-        self.hook_times.append(0.0)
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self.hook_times.append(0.0)  # one slot per validation epoch (reset_stream runs more often)
+        super().on_validation_epoch_start(trainer, pl_module)
 
     def stream_hooks(self, model):
         def timed(fn):
@@ -121,8 +122,15 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     parser.add_argument("--root", default="/tmp/zflight-mining-overhead")
+    parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="leave glibc's allocator as it is (training keeps freed memory for reuse)",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
+    if not args.system_malloc:
+        keep_freed_memory()  # as `zflight.train` does (trainer.keep_freed_memory=true)
     if args.threads:
         torch.set_num_threads(args.threads)
 
