@@ -1,8 +1,9 @@
 """Top-k mining of a layer's feature maps over a stream of batches (Zeiler & Fergus 2013, Fig. 2).
 
-For every feature map, the k images with the strongest single activation are kept while the
-validation loop runs: per batch, a channel-wise spatial max and a top-k merge on (C, k) tensors.
-Images are stored only for the features that will be drawn. The state is fixed-size tensors, so
+For the features that will be drawn, the k images with the strongest single activation are kept
+while the validation loop runs: per batch, a channel-wise spatial max, a top-k over the batch for
+the drawn features and, every few batches, a merge on (F, k) tensors. Every other feature keeps
+only its running maximum (what feature selection and the silent-feature count need). The state is fixed-size tensors, so
 the per-process results of a distributed run merge with one all-gather each.
 """
 
@@ -20,11 +21,14 @@ from zflight.analysis.deconvnet import Deconvnet, as_pair, receptive_field
 
 @dataclass
 class TopK:
-    """The k strongest activations of every channel of one layer.
+    """The k strongest activations of the stored channels of one layer, the maximum of all.
 
     ``values``/``positions``/``keys`` are (C, k): activation, flat (h, w) index and image key
-    (``image_keys``) of each kept image (``-inf`` marks an empty slot). ``images`` (F, k, 3, H, W)
-    holds the images of the F stored ``channels``, slot for slot. ``map_size`` is the layer's (h, w).
+    (``image_keys``) of each kept image (``-inf`` marks an empty slot). Rows of the F stored
+    ``channels`` hold their top k; every other row holds only the channel's maximum (position -1,
+    key 0), the rest of the row empty, so ``sorted().values[:, 0]`` is every channel's maximum.
+    ``images`` (F, k, 3, H, W) holds the stored channels' images, slot for slot. ``map_size`` is
+    the layer's (h, w).
     """
 
     values: torch.Tensor
@@ -58,6 +62,9 @@ class TopK:
         images = images.view(-1, f, k, *images.shape[2:]).transpose(0, 1).flatten(1, 2)
         values, pick = _drop_repeats(values, positions, keys).topk(k, dim=1)
         positions, keys = positions.gather(1, pick), keys.gather(1, pick)
+        # a channel that is not stored keeps its overall maximum (column 0) and nothing else
+        later = torch.arange(k, device=values.device) > 0
+        values = values.masked_fill((positions < 0) & later, float("-inf"))
         images = images[torch.arange(f, device=pick.device)[:, None], pick[self.channels]]
         return TopK(values, positions, keys, images, self.channels, self.map_size)
 
@@ -66,11 +73,12 @@ def _drop_repeats(
     values: torch.Tensor, positions: torch.Tensor, keys: torch.Tensor
 ) -> torch.Tensor:
     """Set to -inf each entry repeating an earlier one of its row: same image key, same position
-    and a value within 1% (one image seen twice, possibly in batches of different sizes)."""
+    and a value within 1% (one image seen twice, possibly in batches of different sizes). Bare
+    maxima (position -1) are never repeats: each process's maximum competes."""
     same = (keys[:, :, None] == keys[:, None, :]) & (positions[:, :, None] == positions[:, None, :])
     close = (values[:, :, None] - values[:, None, :]).abs() <= 0.01 * values.abs()[:, :, None]
     earlier = torch.ones_like(same[0]).tril(-1)
-    repeat = (same & close & earlier).any(dim=2) & torch.isfinite(values)
+    repeat = (same & close & earlier).any(dim=2) & torch.isfinite(values) & (positions >= 0)
     return values.masked_fill(repeat, float("-inf"))
 
 
@@ -119,6 +127,7 @@ class StreamingTopK:
         self.k = k
         self.buffer = buffer
         self.channels = torch.as_tensor(list(channels), dtype=torch.long)
+        self.maximum: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
         self.positions: torch.Tensor | None = None
         self.keys: torch.Tensor | None = None
@@ -139,13 +148,14 @@ class StreamingTopK:
         if f and (self.channels.min() < 0 or self.channels.max() >= c):
             raise ValueError(f"stored channels must lie in [0, {c}); got {self.channels.tolist()}")
         self.channels = self.channels.to(dev)
-        self.values = torch.full((c, self.k), float("-inf"), device=dev)
-        self.positions = torch.zeros((c, self.k), dtype=torch.long, device=dev)
-        self.keys = torch.zeros((c, self.k), dtype=torch.long, device=dev)
+        self.maximum = torch.full((c,), float("-inf"), device=dev)
+        self.values = torch.full((f, self.k), float("-inf"), device=dev)
+        self.positions = torch.zeros((f, self.k), dtype=torch.long, device=dev)
+        self.keys = torch.zeros((f, self.k), dtype=torch.long, device=dev)
         self.cells = torch.arange(f * self.k, device=dev).view(f, self.k)
         self.store = images.new_empty((f * self.k, *images.shape[1:]))
         self._filled = torch.zeros(f * self.k, dtype=torch.bool, device=dev)
-        self._rows = torch.arange(c, device=dev)[:, None]
+        self._rows = self.channels[:, None]
         self.map_size = (int(acts.shape[2]), int(acts.shape[3]))
 
     @torch.no_grad()
@@ -165,8 +175,12 @@ class StreamingTopK:
             self._start(acts, images)
         acts = acts.detach()
         # amax is several times cheaper than max-with-indices; positions are found for candidates.
-        maxima = acts.amax(dim=(2, 3)) if maxima is None else maxima.detach()
-        values, index = (t.t() for t in maxima.float().topk(min(self.k, acts.shape[0]), dim=0))
+        maxima = (acts.amax(dim=(2, 3)) if maxima is None else maxima.detach()).float()
+        torch.maximum(self.maximum, maxima.amax(dim=0), out=self.maximum)
+        if not len(self.channels):
+            return
+        stored = maxima.index_select(1, self.channels)
+        values, index = (t.t() for t in stored.topk(min(self.k, acts.shape[0]), dim=0))
         positions = acts[index, self._rows].flatten(2).argmax(dim=2)
         keys = (image_keys(images) if keys is None else keys)[index]
         self._pending.append((values, positions, keys, index, images.detach()))
@@ -184,7 +198,6 @@ class StreamingTopK:
             1, pick
         )
         self.keys = torch.cat([self.keys, *(p[2] for p in pending)], dim=1).gather(1, pick)
-        pick = pick[self.channels]
         entering = pick >= k
         if not bool(entering.any()):
             return
@@ -202,9 +215,7 @@ class StreamingTopK:
         )
         column = (pick - k)[entering]
         dst = self.cells[entering]
-        src = torch.cat([p[3][self.channels] for p in pending], dim=1).gather(
-            1, (pick - k).clamp(min=0)
-        )
+        src = torch.cat([p[3] for p in pending], dim=1).gather(1, (pick - k).clamp(min=0))
         src = src[entering]
         widths = torch.tensor([p[0].shape[1] for p in pending], device=pick.device)
         batch = torch.repeat_interleave(torch.arange(len(pending), device=pick.device), widths)[
@@ -228,7 +239,14 @@ class StreamingTopK:
                 self.store[empty] = 0
                 self._filled[empty] = True
         images = self.store[self.cells.flatten()].view(*self.cells.shape, *self.store.shape[1:])
-        return TopK(self.values, self.positions, self.keys, images, self.channels, self.map_size)
+        c = len(self.maximum)
+        values = torch.full((c, self.k), float("-inf"), device=self.maximum.device)
+        values[:, 0] = self.maximum
+        positions = torch.full((c, self.k), -1, dtype=torch.long, device=values.device)
+        keys = torch.zeros((c, self.k), dtype=torch.long, device=values.device)
+        values[self.channels], positions[self.channels] = self.values, self.positions
+        keys[self.channels] = self.keys
+        return TopK(values, positions, keys, images, self.channels, self.map_size)
 
 
 def pool_keeps_maximum(pool: nn.MaxPool2d, in_size: Sequence[int], out_size: Sequence[int]) -> bool:
