@@ -127,7 +127,7 @@ def test_console_script_help_and_config_error():
 FAULTS = """
 import resource, sys, torch
 if sys.argv[1] == "keep":
-    from zflight.train import keep_freed_memory
+    from zflight.memory import keep_freed_memory
     assert keep_freed_memory()
 torch.empty(12 << 20).fill_(1)  # 48 MiB: above glibc's largest automatic mmap threshold
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
