@@ -99,8 +99,12 @@ def test_ddp_two_cpu_processes_log_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes(tmp_path):
-    run = tmp_path / "torchrun"
+@pytest.mark.parametrize("devices", ["trainer.devices=2", "trainer.devices=auto"])
+def test_torchrun_two_processes_form_one_ddp_run(tmp_path, devices):
+    # no run_dir: the workers, started separately, must still agree on one dated directory
+    args = [
+        a for a in tiny_overrides(tmp_path, devices, "trainer.max_epochs=1") if "run_dir" not in a
+    ]
     p = _run(
         [
             sys.executable,
@@ -109,12 +113,26 @@ def test_torchrun_two_processes(tmp_path):
             "--nproc_per_node=2",
             "-m",
             "zflight.train",
-            *tiny_overrides(run, "trainer.devices=2", "trainer.max_epochs=1"),
+            *args,
+            f"runs_root={tmp_path / 'runs'}",
         ]
     )
     assert p.returncode == 0, p.stderr[-3000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in p.stderr + p.stdout, "one DDP group of two"
     assert p.stdout.count("final validation accuracy") == 1
-    assert (run / "checkpoints" / "last.ckpt").exists()
+    (run,) = (tmp_path / "runs").iterdir()
+    assert sorted(c.name for c in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_torchrun_environment_sets_processes(monkeypatch):
+    from zflight.train import torchrun_processes
+
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert torchrun_processes() is None
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert torchrun_processes() == (4, 2)
 
 
 def test_console_script_help_and_config_error():

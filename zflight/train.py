@@ -124,9 +124,31 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
         ckpt = Path(cfg.resume)
         return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     if "ZFLIGHT_RUN_DIR" not in os.environ:  # set once so DDP ranks launched from here agree
-        stamp = time.strftime("%Y%m%d-%H%M%S")
+        # torchrun's workers start separately: they agree on their launcher's start time
+        when = (torchrun_processes() and _parent_start_time()) or time.time()
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
         os.environ["ZFLIGHT_RUN_DIR"] = str(Path(cfg.runs_root) / f"{stamp}-{cfg.name}")
     return Path(os.environ["ZFLIGHT_RUN_DIR"])
+
+
+def torchrun_processes() -> tuple[int, int] | None:
+    """(processes per node, nodes) when torchrun started this process, else None."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or "LOCAL_WORLD_SIZE" not in os.environ:
+        return None
+    local, world = int(os.environ["LOCAL_WORLD_SIZE"]), int(os.environ.get("WORLD_SIZE", "1"))
+    return local, max(1, world // local)
+
+
+def _parent_start_time() -> float | None:
+    """Wall-clock start of the parent process (Linux ``/proc``), None where unknown."""
+    try:
+        with open(f"/proc/{os.getppid()}/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return boot + start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def build_trainer(
@@ -137,10 +159,13 @@ def build_trainer(
         t.accelerator == "auto" and torch.cuda.is_available()
     )
     precision = t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
-    devices = t.devices
+    devices, num_nodes = t.devices, t.num_nodes
+    launched = torchrun_processes()
+    if launched and devices == "auto":  # one process per torchrun worker, no launching of our own
+        devices, num_nodes = launched
     n_dev = devices if isinstance(devices, int) else (torch.cuda.device_count() if on_gpu else 1)
     try:
-        strategy = build_strategy(n_dev, t.num_nodes, OmegaConf.to_container(t.ddp))
+        strategy = build_strategy(n_dev, num_nodes, OmegaConf.to_container(t.ddp))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     ckpt_dir = run_dir / "checkpoints"
@@ -153,7 +178,7 @@ def build_trainer(
         default_root_dir=str(run_dir),
         accelerator=t.accelerator,
         devices=devices,
-        num_nodes=t.num_nodes,
+        num_nodes=num_nodes,
         strategy=strategy,
         precision=precision,
         max_epochs=t.max_epochs,
