@@ -109,6 +109,20 @@ def test_buffered_merges_store_the_same_images_with_fewer_copies(monkeypatch):
     assert results[4][1] >= 15
 
 
+def test_pending_images_are_bounded_by_bytes():
+    images, acts = _data(n=40)
+    per_batch = images[:10].numel() * images.element_size()
+    miner = StreamingTopK(5, [0, 2], buffer=100, buffer_bytes=2 * per_batch)
+    pending = []
+    for i in range(0, 40, 10):
+        miner.update(acts[i : i + 10], images[i : i + 10])
+        pending.append(len(miner._pending))
+    assert pending == [1, 0, 1, 0], "merged whenever two batches' images wait"
+    one_shot = StreamingTopK(5, [0, 2])
+    one_shot.update(acts, images)
+    assert torch.equal(miner.result().sorted().images, one_shot.result().sorted().images)
+
+
 def _fake_gather(parts: list[TopK]):
     """all_gather over simulated processes: concatenate the same field of every part."""
 

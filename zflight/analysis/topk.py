@@ -112,20 +112,27 @@ class StreamingTopK:
     Args:
         k: images kept per channel.
         channels: the channels whose winning images are stored (the ones that will be drawn).
-        buffer: batches whose candidates wait before they are merged. A batch then costs a few
-            small ops (its per-channel top-k), the merge is paid once per ``buffer`` batches, and
-            only images that survive the buffered batches are copied into the store (early in an
-            epoch most entrants are soon beaten). The last ``buffer`` batches stay referenced.
+        buffer, buffer_bytes: candidates wait, with a reference to their batch's images, until
+            ``buffer`` batches or ``buffer_bytes`` of those images are pending; then they are
+            merged. A batch costs a few small ops (its top-k over the batch), the merge is paid
+            once per full buffer, and only images that survive the buffered batches are copied
+            into the store (early in an epoch most entrants are soon beaten). The default holds a
+            small validation set entirely (64 px shapes: one merge per epoch) and 1-2 batches of
+            224 px ImageNet images.
 
     Stored images live in fixed cells that the kept entries point to, so an image is copied at
     most once, when it enters, and never moved.
     """
 
-    def __init__(self, k: int, channels: Sequence[int], buffer: int = 4) -> None:
+    def __init__(
+        self, k: int, channels: Sequence[int], buffer: int = 64, buffer_bytes: int = 256 << 20
+    ) -> None:
         if k < 1 or buffer < 1:
             raise ValueError(f"k and buffer must be >= 1, got k={k}, buffer={buffer}")
         self.k = k
         self.buffer = buffer
+        self.buffer_bytes = buffer_bytes
+        self._pending_bytes = 0
         self.channels = torch.as_tensor(list(channels), dtype=torch.long)
         self.maximum: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
@@ -184,12 +191,13 @@ class StreamingTopK:
         positions = acts[index, self._rows].flatten(2).argmax(dim=2)
         keys = (image_keys(images) if keys is None else keys)[index]
         self._pending.append((values, positions, keys, index, images.detach()))
-        if len(self._pending) >= self.buffer:
+        self._pending_bytes += images.numel() * images.element_size()
+        if len(self._pending) >= self.buffer or self._pending_bytes >= self.buffer_bytes:
             self._merge()
 
     def _merge(self) -> None:
         """Fold the buffered candidates into the kept entries; copy the images that entered."""
-        pending, self._pending = self._pending, []
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
         if not pending:
             return
         k = self.k
