@@ -8,7 +8,7 @@ analysis itself (merge, deconvnet projections of the winners, figures) is timed 
 The two variants alternate (which goes first flips every pair); the overhead is the median of
 the paired ratios.
 
-    python benchmarks/mining_overhead.py [--repeats 9] [--batch-size 128] [--accelerator auto]
+    python benchmarks/mining_overhead.py [--repeats 31] [--batch-size 128] [--accelerator auto]
                                          [--threads N]
 """
 
@@ -113,7 +113,7 @@ def make_trainer(args: argparse.Namespace, callbacks: list[pl.Callback]) -> pl.T
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--repeats", type=int, default=31)
     parser.add_argument(
         "--batch-size", type=int, default=128, help="training batch; validation uses 2x"
     )
