@@ -250,3 +250,49 @@ def test_compiled_fast_lrn_matches_eager_reference():
     torch.testing.assert_close(yb, ya, rtol=1e-4, atol=1e-5)
     for (name, pa), pb in zip(ref.named_parameters(), fast.parameters()):
         torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_triton_self_check_falls_back_with_one_warning(monkeypatch):
+    """A machine where the kernels cannot be built or disagree gets PyTorch's ops, not a crash."""
+    from zflight.models import fast_ops, triton_kernels, triton_pool
+
+    def exact_lrn(t, size, alpha, beta, k):
+        return torch.nn.functional.local_response_norm(t, size, alpha, beta, k)
+
+    def exact_pool(t, kernel, stride, padding, out):
+        return torch.nn.functional.max_pool2d(t, kernel, stride, padding)
+
+    def broken(*args):
+        raise RuntimeError("Failed to find C compiler")
+
+    cases = [
+        (exact_lrn, exact_pool, True),
+        (broken, exact_pool, False),
+        (exact_lrn, lambda t, *a: exact_pool(t, *a) * 1.5, False),  # wrong values
+    ]
+    for lrn, pool, works in cases:
+        monkeypatch.setattr(fast_ops, "_TRITON_CHECKED", {})
+        monkeypatch.setattr(triton_kernels, "lrn", lrn)
+        monkeypatch.setattr(triton_pool, "max_pool", pool)
+        if works:
+            assert fast_ops.triton_works(torch.device("cpu"), torch.float32, False)
+        else:
+            with pytest.warns(UserWarning, match="using PyTorch's ops"):
+                assert not fast_ops.triton_works(torch.device("cpu"), torch.float32, True)
+            assert not fast_ops.triton_works(torch.device("cpu"), torch.float32, True)  # cached
+
+
+def test_triton_self_check_works_inside_inference_mode_and_autocast(monkeypatch):
+    from zflight.models import fast_ops, triton_kernels, triton_pool
+
+    monkeypatch.setattr(fast_ops, "_TRITON_CHECKED", {})
+    monkeypatch.setattr(
+        triton_kernels,
+        "lrn",
+        lambda t, *a: torch.nn.functional.local_response_norm(t.float(), *a).to(t.dtype),
+    )
+    monkeypatch.setattr(
+        triton_pool, "max_pool", lambda t, k, s, p, out: torch.nn.functional.max_pool2d(t, k, s, p)
+    )
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fast_ops.triton_works(torch.device("cpu"), torch.bfloat16, True)

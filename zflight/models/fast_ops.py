@@ -15,6 +15,7 @@ Configs name them: ``model.lrn=fast``, ``model.pool=fast`` (see ``LRN_IMPLS``, `
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -138,7 +139,69 @@ def _square(kernel, stride, padding, dilation) -> tuple[int, int, int] | None:
 
 def _use_triton(x: torch.Tensor) -> bool:
     """Triton kernels serve CUDA in eager mode; under torch.compile Inductor fuses the plain path."""
-    return not torch.compiler.is_compiling() and x.is_cuda and triton_kernels.available()
+    return (
+        not torch.compiler.is_compiling()
+        and x.is_cuda
+        and triton_kernels.available()
+        and triton_works(x.device, x.dtype, x.is_contiguous(memory_format=torch.channels_last))
+    )
+
+
+_TRITON_CHECKED: dict[tuple, bool] = {}
+
+
+def triton_works(device: torch.device, dtype: torch.dtype, channels_last: bool) -> bool:
+    """Whether the Triton kernels build and agree with PyTorch here, checked once per (device,
+    dtype, layout) on a small input, forward and backward. A machine where Triton cannot build
+    its kernels (no C compiler for its launcher, an unsupported GPU) gets one warning and
+    PyTorch's ops instead of a crash at the first training step."""
+    key = (str(device), dtype, channels_last)
+    if key not in _TRITON_CHECKED:
+        _TRITON_CHECKED[key] = _check_triton(device, dtype, channels_last)
+    return _TRITON_CHECKED[key]
+
+
+def _check_triton(device: torch.device, dtype: torch.dtype, channels_last: bool) -> bool:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    g = torch.Generator().manual_seed(0)
+    try:
+        # first use may come inside validation (inference mode) or under autocast: step out
+        with (
+            torch.inference_mode(False),
+            torch.enable_grad(),
+            torch.autocast(torch.device(device).type, enabled=False),
+        ):
+            x = torch.randn(2, 8, 9, 9, generator=g).to(device, dtype).contiguous(memory_format=fmt)
+            results = []
+            for fast, reference in (
+                (
+                    lambda t: triton_kernels.lrn(t, 5, 1e-4, 0.75, 2.0),
+                    nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0),
+                ),
+                (lambda t: triton_pool.max_pool(t, 3, 2, 1, (5, 5)), nn.MaxPool2d(3, 2, 1)),
+            ):
+                pair = []
+                for fn, t in ((fast, x), (reference, x.float())):  # the reference in fp32
+                    t = t.detach().clone().requires_grad_()
+                    out = fn(t)
+                    out.float().square().sum().backward()
+                    pair.append((out.float(), t.grad.float()))
+                results.append(pair)
+        tol = 3e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-4
+        for (out, grad), (ref_out, ref_grad) in results:
+            if not (
+                torch.allclose(out, ref_out, rtol=tol, atol=tol)
+                and torch.allclose(grad, ref_grad, rtol=tol, atol=tol)
+            ):
+                raise RuntimeError("results differ from PyTorch's")
+        return True
+    except Exception as exc:  # noqa: BLE001 - any failure means: do not use the kernels
+        warnings.warn(
+            f"the Triton LRN/max-pool kernels do not work on {device} ({dtype}): {exc!r}; "
+            f"using PyTorch's ops (model.lrn/model.pool=fast stay exact, only slower)",
+            stacklevel=3,
+        )
+        return False
 
 
 LRN_IMPLS: dict[str, type[nn.Module]] = {"torch": nn.LocalResponseNorm, "fast": FastLRN}
