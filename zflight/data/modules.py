@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from zflight.data.shapes import ShapesDataset
@@ -71,7 +73,11 @@ class ShapesDataModule(pl.LightningDataModule):
                 return torch.load(path, weights_only=False)
             except Exception:
                 path.unlink(missing_ok=True)
+        what = f"{length} {('training', 'validation')[split]} images ({self.image_size} px)"
+        rank_zero_info(f"shapes: rendering {what} once; they are cached in {path}")
+        start = time.perf_counter()
         ds = ShapesDataset(**args)
+        rank_zero_info(f"shapes: rendered {what} in {time.perf_counter() - start:.1f} s")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
