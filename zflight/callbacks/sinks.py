@@ -158,10 +158,10 @@ def write_outputs(
         for key, value in result.figures.items()
     }
     scalars = {f"{name}/{k}": float(v) for k, v in result.scalars.items()}
-    for logger in trainer.loggers:
-        if scalars:
-            logger.log_metrics(scalars, step=step)
     loggers = list(trainer.loggers)
+    if scalars:
+        for logger in loggers:
+            logger.log_metrics(scalars, step=step)
 
     def job() -> Finish | None:
         finishes = []
