@@ -3,8 +3,9 @@
 For the features that will be drawn, the k images with the strongest single activation are kept
 while the validation loop runs: per batch, a channel-wise spatial max, a top-k over the batch for
 the drawn features and, every few batches, a merge on (F, k) tensors. Every other feature keeps
-only its running maximum (what feature selection and the silent-feature count need). The state is fixed-size tensors, so
-the per-process results of a distributed run merge with one all-gather each.
+only its running maximum (what feature selection and the silent-feature count need). The state
+is fixed-size tensors, so the per-process results of a distributed run merge with one all-gather
+each.
 """
 
 from __future__ import annotations
