@@ -266,11 +266,22 @@ def _wandb_dir(logger: Any) -> str | None:
         return None
 
 
+def _shown(path: Any) -> str:
+    """A path as the user typed it: relative to the working directory when inside it."""
+    if not path:
+        return "-"
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
 def _print_summary(r: dict[str, Any]) -> None:
     lines = [
         f"final validation accuracy: top-1 {r['val_acc1']:.4f}, top-5 {r['val_acc5']:.4f}",
         f"run directory:  {r['run_dir']}",
-        f"checkpoints:    best {r['best_ckpt'] or '-'}, last {r['last_ckpt']}",
+        f"checkpoints:    best {_shown(r['best_ckpt'])}, last {_shown(r['last_ckpt'])}",
         f"pictures:       {Path(r['run_dir']) / 'viz' / 'index.html'}",
     ]
     if r["wandb_dir"]:
