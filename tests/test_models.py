@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -109,3 +111,33 @@ def test_conv1_std_sets_only_the_first_layer():
 def test_no_inplace_relu():
     m = create_model("zfnet", width=0.25)
     assert all(not r.inplace for r in m.modules() if isinstance(r, nn.ReLU))
+
+
+@pytest.mark.parametrize("ops", ["torch", "fast"])
+def test_channels_last_module_computes_the_same_loss_and_gradients(ops):
+    """`trainer.channels_last` (on by default) changes the memory layout, not the mathematics."""
+    from zflight.models.fast_ops import LRN_IMPLS, POOL_IMPLS
+    from zflight.module import ClassifierModule
+
+    torch.manual_seed(0)
+    net = create_model(
+        "zfnet",
+        num_classes=8,
+        width=0.125,
+        head_pool=2,
+        dropout=0.0,
+        lrn=LRN_IMPLS[ops],
+        pool=POOL_IMPLS[ops],
+    ).double()
+    images = torch.randn(4, 3, 64, 64, dtype=torch.float64)
+    labels = torch.tensor([0, 3, 5, 7])
+    results = []
+    for channels_last in (False, True):
+        module = ClassifierModule(copy.deepcopy(net), 8, channels_last=channels_last)
+        loss = nn.functional.cross_entropy(module(images), labels)
+        loss.backward()
+        results.append((loss, [p.grad for p in module.model.parameters()]))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-12, atol=1e-12)
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(gb, ga, rtol=1e-9, atol=1e-12)
