@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.pop("WANDB_API_KEY", None)
@@ -36,3 +37,12 @@ def tiny_overrides(run_dir: Path, *extra: str) -> list[str]:
 @pytest.fixture
 def tiny(tmp_path):
     return lambda *extra: tiny_overrides(tmp_path / "run", *extra)
+
+
+@pytest.fixture
+def one_thread():
+    """Many small ops: on a shared 2-core machine one thread is several times faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

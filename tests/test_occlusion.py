@@ -19,14 +19,7 @@ from zflight.analysis.occlusion import (
 )
 from zflight.models import zfnet
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Many small ops: on a shared 2-core machine one thread is several times faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many small ops
 
 
 class RegionModel(nn.Module):

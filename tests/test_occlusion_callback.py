@@ -18,13 +18,7 @@ from zflight.data.modules import ShapesDataModule
 from zflight.models import zfnet
 from zflight.module import ClassifierModule
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many small ops
 
 
 class FakeContext:

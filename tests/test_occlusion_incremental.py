@@ -12,13 +12,7 @@ from zflight.analysis.incremental import IncrementalTrunk, layer_kind
 from zflight.analysis.occlusion import occlusion_maps
 from zflight.models import alexnet_style, zfnet
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many small ops
 
 
 @pytest.mark.parametrize("builder", [zfnet, alexnet_style])
