@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from zflight.callbacks.base import Figure, VisualizationCallback, VizResult
+from zflight.callbacks.base import VisualizationCallback
+from zflight.callbacks.results import Figure, VizResult
 
 
 class Recording(VisualizationCallback):

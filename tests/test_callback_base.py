@@ -14,7 +14,8 @@ from PIL import Image
 
 from tests.conftest import tiny_overrides
 from tests.helpers import Meddling
-from zflight.callbacks.base import Probe, VisualizationCallback, isolated
+from zflight.callbacks.base import VisualizationCallback, isolated
+from zflight.callbacks.results import Probe
 from zflight.data import ShapesDataset
 from zflight.models import create_model
 from zflight.train import train

@@ -11,8 +11,8 @@ import torch
 from zflight.analysis.deconvnet import Deconvnet, receptive_field, resolve_layer
 from zflight.analysis.images import denormalize, resize, symmetric_to_uint8, to_uint8
 from zflight.analysis.topk import crop, unit_boxes
-from zflight.callbacks.base import Figure, Probe
 from zflight.callbacks.deconv import DeconvTopK, FeatureEvolution, channel_count, seeded_channels
+from zflight.callbacks.results import Figure, Probe
 from zflight.models import zfnet
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.3, 0.3, 0.3)

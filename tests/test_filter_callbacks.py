@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from zflight.analysis.filters import filter_health, filter_rms
 from zflight.callbacks import filter_health as fh
-from zflight.callbacks.base import Probe
 from zflight.callbacks.filter_health import STATUS_COLOURS, FilterHealth, filter_grid, spectra_grid
 from zflight.callbacks.renorm import FilterRenorm, renormalize_filters
+from zflight.callbacks.results import Probe
 from zflight.models import zfnet
 
 

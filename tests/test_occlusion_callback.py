@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from tests.test_occlusion import RegionModel
-from zflight.callbacks.base import Probe
 from zflight.callbacks.occlusion import Occlusion, class_colours, legend
+from zflight.callbacks.results import Probe
 from zflight.data.modules import ShapesDataModule
 from zflight.models import zfnet
 from zflight.module import ClassifierModule

@@ -12,9 +12,10 @@ from zflight.analysis.attribution import gradcam, saliency
 from zflight.analysis.invariance import invariance_curves
 from zflight.analysis.localization import mass_in_mask, pointing_game
 from zflight.callbacks.actmax import ActivationMaximization
-from zflight.callbacks.base import Probe, isolated
+from zflight.callbacks.base import isolated
 from zflight.callbacks.heatmaps import HeatMaps, rectified_layer
 from zflight.callbacks.invariance import Invariance, plot_curves
+from zflight.callbacks.results import Probe
 from zflight.models import zfnet
 
 CLASSES = ["disc", "bar", "dot", "ring"]

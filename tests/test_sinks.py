@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zflight.callbacks.base import VizResult
+from zflight.callbacks.results import VizResult
 from zflight.callbacks.sinks import BackgroundWriter, write_outputs
 
 

@@ -11,7 +11,8 @@ from typing_extensions import override
 
 from zflight.analysis.actmax import activation_maximization
 from zflight.analysis.images import caption, grid, resize, to_uint8
-from zflight.callbacks.base import AnalysisContext, Probe, VisualizationCallback, VizResult
+from zflight.callbacks.base import AnalysisContext, VisualizationCallback
+from zflight.callbacks.results import Probe, VizResult
 
 
 class ActivationMaximization(VisualizationCallback):

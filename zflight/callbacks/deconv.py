@@ -36,7 +36,8 @@ from zflight.analysis.topk import (
     pool_keeps_maximum,
     project_winners,
 )
-from zflight.callbacks.base import AnalysisContext, Figure, Probe, VisualizationCallback, VizResult
+from zflight.callbacks.base import AnalysisContext, VisualizationCallback
+from zflight.callbacks.results import Figure, Probe, VizResult
 
 DEFAULT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 SELECTIONS = ("random", "most_active")

@@ -22,7 +22,8 @@ from zflight.analysis.filters import (
     power_spectra,
 )
 from zflight.analysis.images import add_border, colormap, grid, resize, symmetric_to_uint8, to_uint8
-from zflight.callbacks.base import AnalysisContext, Figure, Probe, VisualizationCallback, VizResult
+from zflight.callbacks.base import AnalysisContext, VisualizationCallback
+from zflight.callbacks.results import Figure, Probe, VizResult
 
 STATUS_COLOURS = {
     "ok": (40, 160, 40),

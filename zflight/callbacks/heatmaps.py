@@ -10,7 +10,8 @@ from typing_extensions import override
 from zflight.analysis.attribution import gradcam, saliency
 from zflight.analysis.images import add_border, caption, grid, hstack, overlay
 from zflight.analysis.localization import mass_in_mask, pointing_game
-from zflight.callbacks.base import AnalysisContext, Probe, VisualizationCallback, VizResult
+from zflight.callbacks.base import AnalysisContext, VisualizationCallback
+from zflight.callbacks.results import Probe, VizResult
 
 _RIGHT, _WRONG = (40, 160, 40), (200, 40, 40)
 

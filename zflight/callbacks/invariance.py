@@ -12,7 +12,8 @@ from typing_extensions import override
 
 from zflight.analysis.images import caption, denormalize, grid, to_uint8
 from zflight.analysis.invariance import InvarianceCurve, invariance_curves, transform_images
-from zflight.callbacks.base import AnalysisContext, Probe, VisualizationCallback, VizResult
+from zflight.callbacks.base import AnalysisContext, VisualizationCallback
+from zflight.callbacks.results import Probe, VizResult
 
 _XLABELS = {
     "translate": "vertical shift (fraction of height)",

@@ -13,7 +13,8 @@ from zflight.analysis.deconvnet import Deconvnet
 from zflight.analysis.images import caption, colormap, hstack, overlay, resize, symmetric_to_uint8
 from zflight.analysis.localization import mass_in_mask, pointing_game
 from zflight.analysis.occlusion import FILLS, METHODS, OcclusionMaps, occlusion_maps, window_starts
-from zflight.callbacks.base import AnalysisContext, Figure, Probe, VisualizationCallback, VizResult
+from zflight.callbacks.base import AnalysisContext, VisualizationCallback
+from zflight.callbacks.results import Figure, Probe, VizResult
 
 
 class Occlusion(VisualizationCallback):

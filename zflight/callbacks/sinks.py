@@ -18,7 +18,6 @@ import re
 import threading
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,19 +25,10 @@ import numpy as np
 from PIL import Image
 
 from zflight.analysis.images import caption, grid
+from zflight.callbacks.results import Figure, VizResult
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
-
-    from zflight.callbacks.base import VizResult
-
-
-@dataclass
-class Figure:
-    """One picture (uint8 HxWx3) with an optional caption."""
-
-    image: np.ndarray
-    caption: str = ""
 
 
 def viz_dir(trainer: pl.Trainer) -> Path:
