@@ -1,4 +1,5 @@
-"""What a visual callback hands on: ``Probe`` (its input), ``Figure`` and ``VizResult`` (its output).
+"""What a visual callback hands on: ``Probe`` (its input); ``Figure``, ``Table`` and ``VizResult``
+(its output).
 
 These types sit below both the callback base and the sinks, so imports flow one way:
 ``base`` → ``sinks`` → ``results``.
@@ -24,11 +25,34 @@ class Figure:
 
 
 @dataclass
+class Table:
+    """Rows to sort and filter (a W&B Table): ``columns`` names, one ``rows`` entry per row.
+
+    A cell is a str, int or float, or a picture (uint8 HxWx3 array or ``Figure``), which W&B shows
+    as an image. Every row has one cell per column.
+    """
+
+    columns: list[str]
+    rows: list[list[Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for i, row in enumerate(self.rows):
+            if len(row) != len(self.columns):
+                raise ValueError(
+                    f"table row {i} has {len(row)} cells for {len(self.columns)} columns"
+                )
+
+
+@dataclass
 class VizResult:
-    """What an analysis hands to the sinks: named pictures and named scalars."""
+    """What an analysis hands to the sinks: named pictures, named scalars and named tables.
+
+    Keys are relative to the callback's name (``deconv`` + ``conv5/top9`` logs ``deconv/conv5/top9``).
+    """
 
     figures: dict[str, np.ndarray | Figure | list[Figure]] = field(default_factory=dict)
     scalars: dict[str, float] = field(default_factory=dict)
+    tables: dict[str, Table] = field(default_factory=dict)
 
 
 @dataclass
