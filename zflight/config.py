@@ -49,6 +49,7 @@ class DataConfig:
     ten_crop: bool = False
     decode: str = "auto"
     cache_dir: str | None = "~/.cache/zflight"
+    fine_texture: bool = False  # shapes: add a 0.15-0.4 cycles/px grating (data/shapes.py)
 
 
 @dataclass

@@ -34,6 +34,7 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
             d.num_workers,
             cfg.seed,
             d.cache_dir,
+            fine_texture=d.fine_texture,
         )
     try:
         return ImageFolderDataModule(

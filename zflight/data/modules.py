@@ -34,8 +34,10 @@ class ShapesDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         cache_dir: str | None = "~/.cache/zflight",
+        fine_texture: bool = False,
     ) -> None:
         super().__init__()
+        self.fine_texture = fine_texture
         self.train_size, self.val_size, self.image_size = train_size, val_size, image_size
         self.num_classes, self.batch_size, self.num_workers, self.seed = (
             num_classes,
@@ -63,6 +65,7 @@ class ShapesDataModule(pl.LightningDataModule):
             num_classes=self.num_classes,
             mean=self.mean,
             std=self.std,
+            fine_texture=self.fine_texture,
         )
         if self.cache_dir is None:
             return ShapesDataset(**args)
