@@ -1,5 +1,9 @@
-"""Where visual output goes: PNG files and a static gallery under the run directory (always), and
-every attached logger that takes images or scalars (W&B, TensorBoard, CSV). Rank 0 only.
+"""Where visual output goes: PNG files, ``scalars.jsonl`` and the gallery (``gallery.py``) under the
+run directory (always), and every attached logger that takes images, scalars or tables (W&B,
+TensorBoard, CSV). Rank 0 only.
+
+Everything a callback logs for an epoch goes to the loggers at the step Lightning gives that
+epoch's validation metrics (``log_step``), so W&B's step slider shows them together.
 
 Scalars reach the loggers at once. Figures are encoded on one background thread (``WRITER``), in
 the order they were produced, so rank 0 goes back to training (and the other ranks stop waiting for
@@ -10,11 +14,9 @@ thread at the next ``drain()`` (the images keep their ``trainer/global_step``).
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import queue
-import re
 import threading
 import traceback
 from collections.abc import Callable
@@ -25,7 +27,8 @@ import numpy as np
 from PIL import Image
 
 from zflight.analysis.images import caption, grid
-from zflight.callbacks.results import Figure, VizResult
+from zflight.callbacks.gallery import write_gallery
+from zflight.callbacks.results import Figure, Table, VizResult
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -129,6 +132,45 @@ class BackgroundWriter:
 WRITER = BackgroundWriter()
 
 
+class AnalysisTimes:
+    """Seconds each visual callback took in the current epoch (rank 0 reads them for the console)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._times: dict[str, float] = {}
+
+    def record(self, name: str, seconds: float) -> None:
+        with self._lock:
+            self._times[name] = self._times.get(name, 0.0) + seconds
+
+    def take(self) -> dict[str, float]:
+        """The times recorded since the last ``take``, in the order the callbacks ran."""
+        with self._lock:
+            times, self._times = self._times, {}
+        return times
+
+
+ANALYSIS_TIMES = AnalysisTimes()
+
+
+def log_step(trainer: pl.Trainer) -> int:
+    """The step Lightning logs this epoch's validation metrics at.
+
+    Validation runs before the epoch's last batch counts as stepped: ``val/*`` of an epoch of 250
+    batches lands at 249 (``fit_loop.epoch_loop._batches_that_stepped``), not at
+    ``global_step`` (250). Trainers without a fit loop (tests) use ``global_step``.
+    """
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    return int(getattr(loop, "_batches_that_stepped", trainer.global_step))
+
+
+def json_value(value: float) -> dict[str, Any]:
+    """A scalar as strict JSON: finite values as numbers, NaN and ±Inf as null with a note."""
+    if math.isfinite(value):
+        return {"value": value}
+    return {"value": None, "note": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+
+
 def write_outputs(
     trainer: pl.Trainer,
     name: str,
@@ -138,20 +180,22 @@ def write_outputs(
 ) -> None:
     """Write one callback's result for the current epoch everywhere it belongs.
 
-    Scalars go to the loggers now; figures (copied, so the caller may reuse its arrays), the
-    ``scalars.jsonl`` line and the gallery are written by ``WRITER`` when ``background``, else here.
+    Scalars (with ``epoch``) go to the loggers now; figures (copied, so the caller may reuse its
+    arrays), tables, the ``scalars.jsonl`` lines and the gallery are written by ``WRITER`` when
+    ``background``, else here.
     """
     root = viz_dir(trainer)
-    epoch, step = trainer.current_epoch, trainer.global_step
+    epoch, step = trainer.current_epoch, log_step(trainer)
     figures = {
         key: [Figure(f.image.copy(), f.caption) for f in as_figures(value)]
         for key, value in result.figures.items()
     }
+    tables = {key: _copied(t) for key, t in result.tables.items()}
     scalars = {f"{name}/{k}": float(v) for k, v in result.scalars.items()}
     loggers = list(trainer.loggers)
     if scalars:
         for logger in loggers:
-            logger.log_metrics(scalars, step=step)
+            logger.log_metrics({**scalars, "epoch": epoch}, step=step)
 
     def job() -> Finish | None:
         finishes = []
@@ -159,12 +203,15 @@ def write_outputs(
             path = root / name / key / f"epoch_{epoch:04d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(compose(figs)).save(path, compress_level=1)
-            finishes += _log_images(loggers, f"{name}/{key}", figs, step)
+            finishes += _log_images(loggers, f"{name}/{key}", figs, epoch, step)
+        for key, table in tables.items():
+            finishes += _log_table(loggers, f"{name}/{key}", table, epoch, step)
         if scalars:
             root.mkdir(parents=True, exist_ok=True)
             with open(root / "scalars.jsonl", "a") as f:
                 for k, v in scalars.items():
-                    f.write(json.dumps({"epoch": epoch, "step": step, "key": k, "value": v}) + "\n")
+                    row = {"epoch": epoch, "step": step, "key": k, **json_value(v)}
+                    f.write(json.dumps(row, allow_nan=False) + "\n")
         write_gallery(root)
         return (lambda: [fin() for fin in finishes]) if finishes else None
 
@@ -177,8 +224,25 @@ def write_outputs(
             finish()
 
 
-def _log_images(loggers: list, key: str, figs: list[Figure], step: int) -> list[Finish]:
-    """Send figures to the loggers that take images; returns the calls left for the main thread."""
+def _copied(table: Table) -> Table:
+    """The table with its picture cells copied, so the caller may reuse its arrays."""
+    rows = [[_picture(c).copy() if _is_picture(c) else c for c in row] for row in table.rows]
+    return Table(list(table.columns), rows)
+
+
+def _is_picture(cell: Any) -> bool:
+    return isinstance(cell, (np.ndarray, Figure))
+
+
+def _picture(cell: Any) -> np.ndarray:
+    return as_figures(cell)[0].image
+
+
+def _log_images(loggers: list, key: str, figs: list[Figure], epoch: int, step: int) -> list[Finish]:
+    """Send figures to the loggers that take images; returns the calls left for the main thread.
+
+    A figure without a caption gets one from its key and epoch: W&B shows captions under images.
+    """
     from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
     finishes: list[Finish] = []
@@ -187,14 +251,42 @@ def _log_images(loggers: list, key: str, figs: list[Figure], step: int) -> list[
             import wandb
 
             images = [
-                wandb.Image(im, caption=f.caption)
-                for im, f in zip(_same_size([f.image for f in figs]), figs, strict=True)
+                wandb.Image(im, caption=f.caption or _default_caption(key, epoch, i, len(figs)))
+                for i, (im, f) in enumerate(
+                    zip(_same_size([f.image for f in figs]), figs, strict=True)
+                )
             ]
-            finishes.append(lambda lg=logger, im=images: lg.log_metrics({key: im}, step=step))
+            finishes.append(
+                lambda lg=logger, im=images: lg.log_metrics({key: im, "epoch": epoch}, step=step)
+            )
         elif isinstance(logger, TensorBoardLogger):  # its event writer is thread-safe
             for i, f in enumerate(figs):
                 tag = key if len(figs) == 1 else f"{key}/{i}"
                 logger.experiment.add_image(tag, f.image, step, dataformats="HWC")
+    return finishes
+
+
+def _default_caption(key: str, epoch: int, index: int, count: int) -> str:
+    return f"{key}, epoch {epoch}" + (f" ({index + 1} of {count})" if count > 1 else "")
+
+
+def _log_table(loggers: list, key: str, table: Table, epoch: int, step: int) -> list[Finish]:
+    """A ``wandb.Table`` (pictures as ``wandb.Image``) for each W&B logger, logged at ``step``."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    finishes: list[Finish] = []
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            rows = [
+                [wandb.Image(_picture(c)) if _is_picture(c) else c for c in row]
+                for row in table.rows
+            ]
+            data = wandb.Table(columns=list(table.columns), data=rows)
+            finishes.append(
+                lambda lg=logger, t=data: lg.log_metrics({key: t, "epoch": epoch}, step=step)
+            )
     return finishes
 
 
@@ -207,46 +299,4 @@ def _same_size(images: list[np.ndarray]) -> list[np.ndarray]:
         canvas = np.full((h, w, 3), 255, np.uint8)
         canvas[: im.shape[0], : im.shape[1]] = im
         out.append(canvas)
-    return out
-
-
-_EPOCH_PNG = re.compile(r"epoch_(\d+)\.png$")
-
-
-def write_gallery(root: Path) -> Path:
-    """``index.html``: one row per epoch, one column per figure key, plus that epoch's scalars."""
-    cells: dict[int, dict[str, str]] = {}
-    keys: set[str] = set()
-    for png in sorted(root.rglob("epoch_*.png")):
-        m = _EPOCH_PNG.search(png.name)
-        if not m:
-            continue
-        key = png.parent.relative_to(root).as_posix()
-        keys.add(key)
-        cells.setdefault(int(m.group(1)), {})[key] = png.relative_to(root).as_posix()
-    scalars: dict[int, list[str]] = {}
-    if (root / "scalars.jsonl").exists():
-        for line in (root / "scalars.jsonl").read_text().splitlines():
-            r = json.loads(line)
-            scalars.setdefault(r["epoch"], []).append(f"{r['key']} = {r['value']:.4g}")
-    cols = sorted(keys)
-    rows = []
-    for epoch in sorted(set(cells) | set(scalars)):
-        tds = "".join(
-            f'<td><a href="{html.escape(cells[epoch][k])}"><img src="{html.escape(cells[epoch][k])}"></a></td>'
-            if k in cells.get(epoch, {})
-            else "<td></td>"
-            for k in cols
-        )
-        sc = "<br>".join(html.escape(s) for s in scalars.get(epoch, []))
-        rows.append(f"<tr><th>epoch {epoch}</th>{tds}<td class=s>{sc}</td></tr>")
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in cols)
-    page = (
-        "<!doctype html><meta charset=utf-8><title>zflight gallery</title><style>"
-        "body{font-family:sans-serif}td,th{vertical-align:top;border:1px solid #ccc;padding:4px}"
-        "img{max-width:360px}.s{font-size:11px;white-space:nowrap}</style>"
-        f"<table><tr><th></th>{head}<th>scalars</th></tr>{''.join(rows)}</table>"
-    )
-    out = root / "index.html"
-    out.write_text(page)
     return out

@@ -1,0 +1,150 @@
+"""The run's gallery, ``<run_dir>/viz/index.html``: one offline page to browse a run.
+
+A header with the run's configuration, final accuracy and training curves; one card per figure key
+showing its latest epoch with a control to step through epochs; the callbacks' scalars as small
+charts. The page is the template in ``gallery_static/`` with its CSS, script and this run's data
+inlined, so it opens from ``file://`` with no network and no other file but the PNGs it shows
+(loaded lazily). ``write_gallery`` rebuilds it from what is on disk, so it is always complete.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+_EPOCH_PNG = re.compile(r"epoch_(\d+)\.png$")
+_MARK = re.compile(r"/\*(STYLE|SCRIPT|DATA)\*/|<!--(FALLBACK|TITLE)-->")
+# (label, dotted config key) pairs shown in the header when the run's config.yaml has them
+CONFIG_SUMMARY = (
+    ("model", "model.name"),
+    ("width", "model.width"),
+    ("data", "data.name"),
+    ("image size", "data.image_size"),
+    ("training images", "data.train_size"),
+    ("validation images", "data.val_size"),
+    ("batch size", "data.batch_size"),
+    ("optimiser", "optim.name"),
+    ("learning rate", "optim.lr"),
+    ("schedule", "optim.schedule"),
+    ("epochs", "trainer.max_epochs"),
+    ("precision", "trainer.precision"),
+    ("seed", "seed"),
+)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file; a missing file or a line cut short by a crash is skipped."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def config_summary(path: Path) -> list[list[str]]:
+    """``[label, value]`` pairs from the run's ``config.yaml`` (empty when there is none)."""
+    if not path.exists():
+        return []
+    from omegaconf import OmegaConf
+
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception:
+        return []
+    pairs = []
+    for label, key in CONFIG_SUMMARY:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None:
+            pairs.append([label, str(value)])
+    return pairs
+
+
+def figure_frames(root: Path) -> dict[str, list[list[Any]]]:
+    """``key -> [[epoch, relative path, width, height], ...]`` by epoch for every PNG under ``root``."""
+    frames: dict[str, list[list[Any]]] = {}
+    for png in sorted(root.rglob("epoch_*.png")):
+        m = _EPOCH_PNG.search(png.name)
+        if not m:
+            continue
+        try:
+            with Image.open(png) as im:  # reads the header only
+                w, h = im.size
+        except OSError:  # being written right now: the next rebuild shows it
+            continue
+        key = png.parent.relative_to(root).as_posix()
+        frames.setdefault(key, []).append([int(m.group(1)), png.relative_to(root).as_posix(), w, h])
+    return {k: sorted(v) for k, v in sorted(frames.items())}
+
+
+def scalar_series(rows: list[dict[str, Any]]) -> dict[str, list[list[Any]]]:
+    """``key -> [[epoch, value or None], ...]``; a later row for the same epoch (a resume) wins."""
+    series: dict[str, dict[int, Any]] = {}
+    for r in rows:
+        value = r.get("value")
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None
+        series.setdefault(r["key"], {})[int(r["epoch"])] = value
+    return {k: sorted(v.items()) for k, v in sorted(series.items())}
+
+
+def epoch_metrics(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per epoch from ``metrics.jsonl`` (a later row for the same epoch wins)."""
+    by_epoch = {int(r["epoch"]): r for r in rows if "epoch" in r}
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def gallery_data(root: Path) -> dict[str, Any]:
+    """Everything the page shows, gathered from ``root`` (``viz/``) and the run's config."""
+    return {
+        "run": root.parent.name,
+        "config": config_summary(root.parent / "config.yaml"),
+        "metrics": epoch_metrics(read_jsonl(root / "metrics.jsonl")),
+        "figures": figure_frames(root),
+        "scalars": scalar_series(read_jsonl(root / "scalars.jsonl")),
+    }
+
+
+def _static(name: str) -> str:
+    return (resources.files("zflight.callbacks") / "gallery_static" / name).read_text("utf-8")
+
+
+def render(data: dict[str, Any]) -> str:
+    """The page: template with CSS, script and data inlined, and a plain list without scripts."""
+    payload = json.dumps(data, allow_nan=False, separators=(",", ":")).replace("</", "<\\/")
+    fallback = "".join(
+        f"<li>{html.escape(key)}: "
+        + ", ".join(f'<a href="{html.escape(p)}">epoch {e}</a>' for e, p, _, _ in frames)
+        + "</li>"
+        for key, frames in data["figures"].items()
+    )
+    parts = {
+        "STYLE": _static("gallery.css"),
+        "SCRIPT": _static("gallery.js"),
+        "DATA": payload,
+        "FALLBACK": f"<ul>{fallback}</ul>",
+        "TITLE": html.escape(data["run"]),
+    }
+    # one pass: text put in is never searched again for marks
+    return _MARK.sub(lambda m: parts[m.group(1) or m.group(2)], _static("template.html"))
+
+
+def write_gallery(root: Path) -> Path:
+    """Rebuild ``root/index.html`` from what is on disk; replaced at once, never half written."""
+    root.mkdir(parents=True, exist_ok=True)
+    out = root / "index.html"
+    tmp = out.with_name(f".index.html.{os.getpid()}.tmp")
+    tmp.write_text(render(gallery_data(root)), encoding="utf-8")
+    os.replace(tmp, out)
+    return out
