@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from tests.test_occlusion import RegionModel
-from zflight.callbacks.occlusion import Occlusion, class_colours, legend
+from zflight.analysis.images import class_colours, legend
+from zflight.callbacks.occlusion import Occlusion
 from zflight.callbacks.results import Probe
 from zflight.data.modules import ShapesDataModule
 from zflight.models import zfnet
@@ -89,13 +90,14 @@ def test_scores_and_panels_on_a_model_with_known_evidence():
     assert result.scalars["drop_mass_in_mask"] == pytest.approx(np.mean(shares), abs=1e-5)
     panels = result.figures["panels"]
     assert len(panels) == 2 and all(p.image.dtype == np.uint8 and p.image.ndim == 3 for p in panels)
-    assert panels[0].caption == "probe 0: true left, predicted left"
+    assert panels[0].caption.startswith("Occlusion of probe 0 (true left, predicted left)")
+    assert "colour bar 0 to 1" in panels[0].caption and "deconvnet projection" in panels[0].caption
     tile = SIZE * 7  # enlarged to at least 128 px
     assert panels[0].image.shape[1] >= 5 * tile  # image, p(true), labels, feature, deconv
     narrow = Occlusion(size=K, stride=4, feature_layer="conv1", deconv=False, strict=True)
-    assert (
-        narrow.analyze(model, probe, FakeContext()).figures["panels"][0].image.shape[1] < 5 * tile
-    )
+    panel = narrow.analyze(model, probe, FakeContext()).figures["panels"][0]
+    assert panel.image.shape[1] < panels[0].image.shape[1] - tile
+    assert "deconvnet" not in panel.caption
 
 
 def test_other_ranks_gather_and_return_nothing():
@@ -115,7 +117,7 @@ def test_model_without_trunk_gets_three_tiles_and_no_scores():
     result = Occlusion(size=4, stride=4, strict=True).analyze(model, probe, FakeContext())
     assert result.scalars == {}
     panel = result.figures["panels"][0].image
-    assert 3 * 128 <= panel.shape[1] < 4 * 128
+    assert 3 * 128 <= panel.shape[1] < 4 * 128 + 60  # the p(true) tile carries a colour bar
 
 
 def test_bad_options_fail_at_construction():
@@ -131,9 +133,9 @@ def test_legend_draws_one_swatch_per_class():
     colours = class_colours(3)
     assert len(set(colours)) == 3
     img = legend([(np.array(c), f"class {i}") for i, c in enumerate(colours)], width=80)
-    assert img.shape == (3 * 12 + 2, 80, 3)
+    assert img.shape == (3 * 14 + 2, 80, 3)
     for k, c in enumerate(colours):
-        assert tuple(img[1 + k * 12 + 5, 6]) == c  # inside the k-th swatch
+        assert tuple(img[1 + k * 14 + 5, 6]) == c  # inside the k-th swatch
 
 
 class _Data(ShapesDataModule):
@@ -146,7 +148,7 @@ def test_fit_writes_panels_and_scores(tmp_path):
     module = ClassifierModule(
         zfnet(num_classes=8, width=0.125, head_pool=2), 8, optimizer="adamw", lr=1e-3
     )
-    cb = Occlusion(num_probes=3, strict=True)
+    cb = Occlusion(num_probes=3, score_probes=12, strict=True)
     trainer = pl.Trainer(
         default_root_dir=str(tmp_path),
         accelerator="cpu",
@@ -168,4 +170,8 @@ def test_fit_writes_panels_and_scores(tmp_path):
     keys = {r["key"] for r in lines}
     assert {"occlusion/pointing_game", "occlusion/drop_mass_in_mask"} <= keys
     assert all(0.0 <= r["value"] <= 1.0 for r in lines if r["key"].startswith("occlusion/"))
+    scored = cb._scores.get(trainer, cb.probe(trainer, torch.device("cpu")))
+    assert len(scored.labels) == 12 and scored.masks is not None
+    game = next(r["value"] for r in lines if r["key"] == "occlusion/pointing_game")
+    assert game * 12 == pytest.approx(round(game * 12))  # a share of the 12 scored images
     assert cb.logged_epochs == [0]

@@ -274,10 +274,24 @@ def grid(tiles: Sequence[Array], ncols: int, pad: int = 2, pad_value: int = 255)
 
 
 def hstack(panels: Sequence[Array], pad: int = 4, pad_value: int = 255) -> Array:
-    """Place panels side by side, top-aligned."""
-    return grid(list(panels), ncols=len(panels), pad=pad, pad_value=pad_value)
+    """Place panels side by side, top-aligned, each taking its own width."""
+    h = max(p.shape[0] for p in panels)
+    w = sum(p.shape[1] for p in panels) + pad * (len(panels) + 1)
+    out = np.full((h + 2 * pad, w, 3), pad_value, np.uint8)
+    x = pad
+    for p in panels:
+        out[pad : pad + p.shape[0], x : x + p.shape[1]] = p
+        x += p.shape[1] + pad
+    return out
 
 
 def vstack(panels: Sequence[Array], pad: int = 4, pad_value: int = 255) -> Array:
-    """Place panels one above the other, left-aligned."""
-    return grid(list(panels), ncols=1, pad=pad, pad_value=pad_value)
+    """Place panels one above the other, left-aligned, each taking its own height."""
+    w = max(p.shape[1] for p in panels)
+    h = sum(p.shape[0] for p in panels) + pad * (len(panels) + 1)
+    out = np.full((h, w + 2 * pad, 3), pad_value, np.uint8)
+    y = pad
+    for p in panels:
+        out[y : y + p.shape[0], pad : pad + p.shape[1]] = p
+        y += p.shape[0] + pad
+    return out

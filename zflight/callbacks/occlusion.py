@@ -5,16 +5,29 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 from typing_extensions import override
 
 from zflight.analysis.deconvnet import Deconvnet
-from zflight.analysis.images import caption, colormap, hstack, overlay, resize, symmetric_to_uint8
+from zflight.analysis.images import (
+    caption,
+    class_colours,
+    colormap,
+    fmt_percent,
+    hstack,
+    legend,
+    overlay,
+    resize,
+    title_bar,
+    to_uint8,
+    vstack,
+    with_colorbar,
+)
 from zflight.analysis.localization import mass_in_mask, pointing_game
 from zflight.analysis.occlusion import FILLS, METHODS, OcclusionMaps, occlusion_maps, window_starts
 from zflight.callbacks.base import AnalysisContext, VisualizationCallback
 from zflight.callbacks.results import Figure, Probe, VizResult
+from zflight.callbacks.scoring import ScoreProbes
 
 
 class Occlusion(VisualizationCallback):
@@ -28,9 +41,10 @@ class Occlusion(VisualizationCallback):
     covering window), see ``zflight.analysis.occlusion``.
 
     With object masks, scalars score the drop in true-class probability (unoccluded minus
-    occluded, on the image): ``pointing_game`` is the share of images whose largest drop lies in
-    the mask, ``drop_mass_in_mask`` the share of the positive drop that falls inside it, averaged
-    over images.
+    occluded, on the image) over ``score_probes`` validation images drawn separately from the
+    pictured ones: ``pointing_game`` is the share of images whose largest drop lies in the mask,
+    ``drop_mass_in_mask`` the share of the positive drop that falls inside it, averaged over
+    images.
 
     Positions are split across ranks and gathered; only rank 0 draws.
 
@@ -43,6 +57,8 @@ class Occlusion(VisualizationCallback):
         method: ``"auto"``, ``"incremental"`` or ``"full"`` (see ``occlusion_maps``).
         max_batch_bytes: activation memory one chunk of occluded positions may take.
         tile: pictures are enlarged (nearest neighbour) to at least this many pixels a side.
+        score_probes: validation images the scores are computed on (a seeded set of their own;
+            0 scores the pictured probes).
         **kwargs: schedule and probe options of ``VisualizationCallback``.
 
     Raises:
@@ -64,6 +80,7 @@ class Occlusion(VisualizationCallback):
         method: str = "auto",
         max_batch_bytes: int = 256 << 20,
         tile: int = 128,
+        score_probes: int = 64,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -84,33 +101,20 @@ class Occlusion(VisualizationCallback):
         self.method = method
         self.max_batch_bytes = max_batch_bytes
         self.tile = tile
+        self._scores = ScoreProbes(score_probes, self.probe_seed)
 
     @override
     def analyze(self, model: nn.Module, probe: Probe, ctx: AnalysisContext) -> VizResult | None:
         has_trunk = isinstance(getattr(model, "features", None), nn.Sequential)
-        maps = occlusion_maps(
-            model,
-            probe.images,
-            probe.labels,
-            size=self.size,
-            stride=self.stride,
-            fill=self.fill,
-            mean=probe.mean,
-            std=probe.std,
-            feature_layer=self.feature_layer if has_trunk else None,
-            method=self.method,
-            max_batch_bytes=self.max_batch_bytes,
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-            all_gather=ctx.all_gather,
-            autocast=ctx.autocast,
-        )
+        maps = self._maps(model, probe, ctx, self.feature_layer if has_trunk else None)
+        scored = self._scores.get(getattr(ctx, "trainer", None), probe)
+        score_maps = maps if scored is probe else self._maps(model, scored, ctx, None)
         if ctx.rank != 0:
             return None
-        drops = maps.upsample(maps.drop())
         scalars: dict[str, float] = {}
-        if probe.masks is not None:
-            masks = probe.masks.bool().to(drops.device)
+        if scored.masks is not None:
+            drops = score_maps.upsample(score_maps.drop())
+            masks = scored.masks.bool().to(drops.device)
             scalars["pointing_game"] = pointing_game(drops, masks).float().mean().item()
             scalars["drop_mass_in_mask"] = mass_in_mask(drops, masks).mean().item()
         projections = None
@@ -120,10 +124,33 @@ class Occlusion(VisualizationCallback):
             )
         return VizResult(figures={"panels": self.panels(probe, maps, projections)}, scalars=scalars)
 
+    def _maps(
+        self, model: nn.Module, probe: Probe, ctx: AnalysisContext, feature_layer: str | None
+    ) -> OcclusionMaps:
+        return occlusion_maps(
+            model,
+            probe.images,
+            probe.labels,
+            size=self.size,
+            stride=self.stride,
+            fill=self.fill,
+            mean=probe.mean,
+            std=probe.std,
+            feature_layer=feature_layer,
+            method=self.method,
+            max_batch_bytes=self.max_batch_bytes,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            all_gather=ctx.all_gather,
+            autocast=ctx.autocast,
+        )
+
     def panels(
         self, probe: Probe, maps: OcclusionMaps, projections: torch.Tensor | None
     ) -> list[Figure]:
-        """One captioned picture per probe image: image | p(true) | label map | feature | deconv."""
+        """One titled, captioned picture per probe image: the image, p(true) with the square at
+        each position (colour bar 0 to 1), the most probable class (legend), the total of the
+        tracked feature map (colour bar) and its deconvnet projection."""
         names = probe.class_names
         prob, labels = maps.upsample(maps.prob), maps.label_image()
         feature = maps.upsample(maps.feature) if maps.feature is not None else None
@@ -131,38 +158,45 @@ class Occlusion(VisualizationCallback):
         figures = []
         for i, img in enumerate(probe.display()):
             img = resize(img, (img.shape[0] * scale, img.shape[1] * scale))
-            t = int(probe.labels[i])
-            p = prob[i]
+            t, pred = int(probe.labels[i]), int(maps.base_label[i])
+            true, predicted = _name(names, t), _name(names, pred)
             tiles = [
-                caption(img, f"{_name(names, t)}  p={maps.base_prob[i]:.2f}"),
+                caption(img, f"p({true}) {fmt_percent(maps.base_prob[i])}"),
                 caption(
-                    overlay(img, p, 0.6, "jet"), f"p({_name(names, t)}) {p.min():.2f}-{p.max():.2f}"
+                    with_colorbar(overlay(img, prob[i], 0.6, "jet", 0.0, 1.0), 0.0, 1.0, "jet"),
+                    f"p({true}), square here",
                 ),
                 label_tile(labels[i], names, img.shape[:2]),
             ]
+            what = ""
             if feature is not None:
                 f = feature[i]
                 what = f"{self.feature_layer} #{int(maps.channel[i])}"
-                tiles.append(
-                    caption(
-                        resize(colormap(f, "inferno"), img.shape[:2], nearest=False),
-                        f"{what} {f.min():.3g}-{f.max():.3g}",
-                    )
-                )
+                lo, hi = float(f.min()), float(f.max())
+                heat = resize(colormap(f, "inferno", lo, hi), img.shape[:2], nearest=False)
+                tiles.append(caption(with_colorbar(heat, lo, hi, "inferno"), f"{what} total"))
                 if projections is not None:
                     tiles.append(
-                        caption(
-                            resize(symmetric_to_uint8(projections[i]), img.shape[:2]),
-                            f"deconv {what}",
-                        )
+                        caption(resize(to_uint8(projections[i]), img.shape[:2]), f"deconv {what}")
                     )
-            predicted = _name(names, int(maps.base_label[i]))
-            figures.append(
-                Figure(
-                    hstack(tiles, pad=2),
-                    f"probe {i}: true {_name(names, t)}, predicted {predicted}",
+            verdict = "right" if t == pred else f"wrong: predicted {predicted}"
+            title = f"Occlusion, probe {i}: {true} ({verdict})"
+            shown = [
+                f"p({true}) with the square at each position (colour bar 0 to 1)",
+                "the most probable class there (legend)",
+            ]
+            if what:
+                shown.append(
+                    f"the total activation of {what}, the strongest {self.feature_layer} map of "
+                    "the unoccluded image (colour bar)"
                 )
+            if projections is not None:
+                shown.append(f"the deconvnet projection of {what}")
+            text = (
+                f"Occlusion of probe {i} (true {true}, predicted {predicted}) by a "
+                f"{self.size} px square every {self.stride} px: " + "; ".join(shown) + "."
             )
+            figures.append(Figure(title_bar(hstack(tiles, pad=2), title), text))
         return figures
 
 
@@ -173,29 +207,7 @@ def label_tile(labels: torch.Tensor, names: list[str], size: tuple[int, int]) ->
     palette = np.asarray(class_colours(max(len(names), max(order) + 1)), np.uint8)
     picture = resize(palette[labels.cpu().numpy()], size)
     entries = [(palette[c], _name(names, c)) for c in order]
-    return np.concatenate([caption(picture, "most probable class"), legend(entries, size[1])])
-
-
-def class_colours(count: int) -> list[tuple[int, int, int]]:
-    """Distinct colours for class indices 0..count-1 (matplotlib's tab10, or tab20 repeating)."""
-    from matplotlib import colormaps
-
-    table = colormaps["tab10" if count <= 10 else "tab20"].colors
-    return [tuple(int(255 * v + 0.5) for v in table[i % len(table)]) for i in range(count)]
-
-
-def legend(entries: list[tuple[np.ndarray, str]], width: int, row: int = 12) -> np.ndarray:
-    """Colour swatches with names, one per row, on white, ``width`` pixels wide."""
-    font = ImageFont.load_default()
-    canvas = Image.new("RGB", (width, row * len(entries) + 2), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for k, (colour, text) in enumerate(entries):
-        y = 1 + k * row
-        draw.rectangle(
-            (2, y + 1, 11, y + row - 2), fill=tuple(int(v) for v in colour), outline=(0, 0, 0)
-        )
-        draw.text((15, y), text, fill=(0, 0, 0), font=font)
-    return np.asarray(canvas)
+    return vstack([caption(picture, "most probable class"), legend(entries, size[1])], pad=0)
 
 
 def _name(names: list[str], index: int) -> str:
