@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import time
 import random
 import traceback
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ from torch import nn
 from typing_extensions import override
 
 from zflight.callbacks.results import Probe, VizResult
-from zflight.callbacks.sinks import WRITER, write_outputs
+from zflight.callbacks.sinks import ANALYSIS_TIMES, WRITER, write_outputs
 
 
 class AnalysisContext:
@@ -211,6 +212,7 @@ class VisualizationCallback(pl.Callback):
         return self._probe.to(device)
 
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        started = time.perf_counter()
         model = network_of(pl_module)
         error: str | None = None
         result: VizResult | None = None
@@ -242,6 +244,7 @@ class VisualizationCallback(pl.Callback):
                 if self.strict:
                     raise
                 rank_zero_warn(f"could not write the output of {self.name!r}: {exc!r}")
+        ANALYSIS_TIMES.record(self.name, time.perf_counter() - started)
 
     def _guarded(self, fn: Callable) -> Callable:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
