@@ -14,7 +14,9 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from zflight.callbacks.run_record import RunRecord
 from zflight.config import ConfigError, instantiate, load_config, run_command, to_yaml
+from zflight.console import quiet_console
 from zflight.data import ImageFolderDataModule, ShapesDataModule
 from zflight.memory import keep_freed_memory
 from zflight.models import create_model
@@ -222,7 +224,8 @@ def train(overrides: list[str] | None = None) -> dict[str, Any]:
         cfg.trainer.compile,
     )
     logger = build_logger(cfg, run_dir)
-    trainer = build_trainer(cfg, run_dir, build_callbacks(cfg), logger)
+    watch = [RunRecord(), *quiet_console(logger)]  # gallery numbers; progress, analyses, summary
+    trainer = build_trainer(cfg, run_dir, [*build_callbacks(cfg), *watch], logger)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
