@@ -120,3 +120,48 @@ def test_bounds_keep_the_image_valid_and_are_approached():
     torch.testing.assert_close(x[0], torch.full((6, 6), high[0]))
     torch.testing.assert_close(x[1], torch.full((6, 6), low[1]))
     torch.testing.assert_close(x[2], torch.zeros(6, 6))
+
+
+def _local_detector() -> tuple[nn.Sequential, nn.Conv2d]:
+    """A unit that fires on one 3x3 pattern and is negative on a blank image (bias -1), after a
+    ReLU layer that is silent on a blank image too: ascent from a near-blank start must both wake
+    the layer below and find the pattern."""
+    torch.manual_seed(3)
+    first = nn.Conv2d(3, 4, 3, padding=1)
+    second = nn.Conv2d(4, 2, 3, stride=2)
+    with torch.no_grad():
+        first.bias.fill_(-0.2)
+        second.bias.fill_(-1.0)
+    return nn.Sequential(first, nn.ReLU(), second), second
+
+
+def test_a_unit_negative_on_a_blank_image_becomes_positive():
+    model, unit = _local_detector()
+    targets = [(unit, 0), (unit, 1)]
+    blank = activation_maximization(model, targets, (16, 16), steps=0, init="gray")
+    assert (blank.activations < 0).all()
+    found = activation_maximization(model, targets, (16, 16), steps=40, lr=0.1)
+    assert (found.activations > 0).all()
+
+
+def test_spatial_reductions_of_a_constructed_map():
+    class Fixed(nn.Module):
+        """Puts out one known 3x3 map whatever the input."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.map = nn.Parameter(
+                torch.tensor([[-1.0, -1.0, -1.0], [-1.0, 0.5, -1.0], [-1.0, -1.0, 4.0]])
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.map.expand(x.shape[0], 1, 3, 3) + 0 * x.mean()
+
+    layer = Fixed()
+    for spatial, value in (("max", 4.0), ("centre", 0.5), ("mean", -2.5 / 9)):
+        result = activation_maximization(
+            layer, [(layer, 0)], (3, 3), steps=0, spatial=spatial, param="pixel"
+        )
+        torch.testing.assert_close(result.activations, torch.tensor([value]))
+    with pytest.raises(ValueError, match="spatial"):
+        activation_maximization(layer, [(layer, 0)], (3, 3), steps=0, spatial="median")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import numpy as np
 import pytest
@@ -114,10 +115,30 @@ def test_actmax_grids_units_and_scalars(model):
     assert set(result.figures) == {"conv1", "conv4", "fc8"}
     for name, count in (("conv1", 4), ("conv4", 2), ("fc8", 4)):
         fig = result.figures[name]
-        assert_picture(fig)
-        assert fig.shape[1] >= count * 128  # tiles are upscaled 2x
-    assert set(result.scalars) == {"conv1/activation", "conv4/activation", "fc8/activation"}
+        assert_picture(fig.image)
+        assert fig.image.shape[1] >= count * 128  # tiles are enlarged to at least 128 px
+        assert fig.caption.startswith(f"{name}: inputs that maximise {count} units")
+    assert set(result.scalars) == {
+        f"{name}/{what}"
+        for name in ("conv1", "conv4", "fc8")
+        for what in ("activation", "positive_share")
+    }
     assert all(np.isfinite(v) for v in result.scalars.values())
+
+
+def test_actmax_marks_a_unit_that_cannot_become_positive(model):
+    dead = copy.deepcopy(model)
+    with torch.no_grad():
+        dead.features.conv4.weight[1].zero_()
+        dead.features.conv4.bias[1] = -1.0  # unit 1 puts out -1 whatever the input
+    cb = ActivationMaximization(layers=["conv4"], units={"conv4": [1]}, steps=2)
+    result = run(cb, dead, make_probe())
+    assert result.scalars["conv4/activation"] == pytest.approx(-1.0)
+    assert result.scalars["conv4/positive_share"] == 0.0
+    fig = result.figures["conv4"]
+    red = (fig.image == np.array([210, 30, 30], np.uint8)).all(-1)
+    assert red.sum() > 4 * 128 * 3  # a 3 px frame around the 128 px tile
+    assert "0 of 1 reached" in fig.caption and "red frames" in fig.caption
 
 
 def test_invariance_scalars_are_the_areas_of_the_curves(model):

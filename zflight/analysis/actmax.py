@@ -28,6 +28,9 @@ class ActMaxResult:
     activations: torch.Tensor
 
 
+SPATIAL = ("max", "centre", "mean")
+
+
 class _Reached(Exception):
     """Raised by a hook once every target layer has run, to skip the rest of the forward pass."""
 
@@ -88,11 +91,13 @@ def activation_maximization(
     seed: int = 0,
     channels: int = 3,
     bounds: tuple[Sequence[float], Sequence[float]] | None = None,
+    spatial: str = "max",
 ) -> ActMaxResult:
     """Find, for each ``(layer, unit)`` in ``targets``, an input that excites that unit.
 
-    The objective of image i is the mean of feature map ``unit`` of ``layer``'s output (conv
-    layers) or the single ``unit`` output (linear layers, e.g. a class logit of fc8), minus
+    The objective of image i is the activation of feature map ``unit`` of ``layer``'s output
+    (conv layers), reduced over positions by ``spatial``, or the single ``unit`` output (linear
+    layers, e.g. a class logit of fc8), minus
     ``l2`` times the image's mean square and ``tv`` times its total variation; Adam ascends it
     for ``steps`` steps. Regularisers, all in the model's (normalised) input space:
 
@@ -103,6 +108,10 @@ def activation_maximization(
     - ``blur_every``: every that many steps blur the pixels with ``blur_sigma`` (pixel only).
     - ``init``: ``"noise"`` (N(0, ``init_std``) in the parameterisation) or ``"gray"`` (zeros,
       the data set's mean after normalisation).
+    - ``spatial``: ``"max"`` (default) the map's strongest position, the single activation the
+      deconvnet's top-9 mining ranks by; ``"centre"`` the middle position (Yosinski et al.
+      2015); ``"mean"`` the mean over the map, which deep layers with small maps rarely make
+      positive because positions near the border see mostly padding.
     - ``bounds``: per-channel (low, high) of valid inputs, e.g. ``((0 - mean) / std, (1 - mean)
       / std)``; the image is clamped into them (the gradient passes the clamp unchanged), so
       the network only sees pictures it could be shown. ``None`` leaves it unbounded.
@@ -113,6 +122,8 @@ def activation_maximization(
         raise ValueError(f"param must be 'fourier' or 'pixel'; got {param!r}")
     if init not in ("noise", "gray"):
         raise ValueError(f"init must be 'noise' or 'gray'; got {init!r}")
+    if spatial not in SPATIAL:
+        raise ValueError(f"spatial must be one of {', '.join(SPATIAL)}; got {spatial!r}")
     device = next(model.parameters()).device
     h, w = size
     n = len(targets)
@@ -152,7 +163,9 @@ def activation_maximization(
             if jitter > 0:
                 dy, dx = torch.randint(-jitter, jitter + 1, (2,), generator=g_jit).tolist()
                 x = torch.roll(x, (dy, dx), dims=(2, 3))
-            objective = _unit_activations(model, x, targets) - l2 * x.pow(2).flatten(1).mean(1)
+            objective = _unit_activations(model, x, targets, spatial) - l2 * x.pow(2).flatten(
+                1
+            ).mean(1)
             if tv > 0:
                 objective = objective - tv * total_variation(x)
             (grad,) = torch.autograd.grad(-objective.sum(), z)
@@ -163,12 +176,15 @@ def activation_maximization(
                     z.copy_(_gaussian_blur(z, blur_sigma))
         with torch.no_grad():
             final = image().detach()
-            acts = _unit_activations(model, final, targets)
+            acts = _unit_activations(model, final, targets, spatial)
     return ActMaxResult(final.float(), acts.float())
 
 
 def _unit_activations(
-    model: nn.Module, x: torch.Tensor, targets: Sequence[tuple[nn.Module, int]]
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: Sequence[tuple[nn.Module, int]],
+    spatial: str = "max",
 ) -> torch.Tensor:
     """(U,) activation of target i's unit on image i; the forward stops after the last target."""
     layers = list(dict.fromkeys(layer for layer, _ in targets))
@@ -196,5 +212,15 @@ def _unit_activations(
         idx = torch.as_tensor(rows, device=x.device)
         units = torch.as_tensor([targets[i][1] for i in rows], device=x.device)
         picked = outputs[layer][idx, units].float()
-        values = values.index_put((idx,), picked.flatten(1).mean(1) if picked.dim() > 1 else picked)
+        values = values.index_put((idx,), _reduce(picked, spatial))
     return values
+
+
+def _reduce(picked: torch.Tensor, spatial: str) -> torch.Tensor:
+    """(U,) one value per unit from (U,) linear outputs or (U, h, w) maps."""
+    if picked.dim() == 1:
+        return picked
+    if spatial == "centre":
+        return picked[:, picked.shape[1] // 2, picked.shape[2] // 2]
+    flat = picked.flatten(1)
+    return flat.amax(1) if spatial == "max" else flat.mean(1)

@@ -10,30 +10,42 @@ from torch import nn
 from typing_extensions import override
 
 from zflight.analysis.actmax import activation_maximization
-from zflight.analysis.images import caption, grid, resize, to_uint8
+from zflight.analysis.images import (
+    add_border,
+    caption,
+    flag,
+    fmt,
+    grid,
+    resize,
+    title_bar,
+    to_uint8,
+)
 from zflight.callbacks.base import AnalysisContext, VisualizationCallback
-from zflight.callbacks.results import Probe, VizResult
+from zflight.callbacks.results import Figure, Probe, VizResult
 
 
 class ActivationMaximization(VisualizationCallback):
     """Gradient-ascent images for a few units per layer, all of them in one batched optimisation.
 
-    Conv layers maximise the mean of one feature map, ``fc8`` one class logit; images are kept
-    within the valid pixel range of the probe's normalisation. Figure
-    ``<layer>``: a grid of the units' images, captioned with the unit
-    (class name for fc8) and its activation; scalar ``<layer>/activation``: the mean activation
-    reached, which grows as units become selective.
+    Conv layers maximise one feature map at its strongest position (``spatial``), ``fc8`` one
+    class logit; images are kept within the valid pixel range of the probe's normalisation.
+    Figure ``<layer>``: a titled grid of the units' images, each headed by the unit (class name
+    for fc8) and the activation reached; a unit whose activation stayed at or below zero is
+    framed in red and marked "not reached". Scalars ``<layer>/activation``: the mean activation
+    reached; ``<layer>/positive_share``: the share of the layer's units that reached a positive
+    activation.
 
     Args:
         layers: layer names (``model.layer(name)``) to visualise.
         units_per_layer: how many units per layer: evenly spaced channel indices (classes for fc8).
         units: explicit unit indices per layer name, overriding ``units_per_layer`` there.
-        steps, lr, param, jitter, l2, tv, blur_every, decay, init: see
+        steps, lr, param, jitter, l2, tv, blur_every, decay, init, spatial: see
             ``zflight.analysis.actmax.activation_maximization``. The defaults (24 units, 24
             steps) cost about 1.7 CPU-seconds per call for ZFNet at width 0.25 and 64 px,
             about six training steps of batch 128.
         class_layer: the layer whose units are classes (captioned with class names).
-        upscale: integer magnification of each tile for display.
+        upscale: integer magnification of each tile for display (at least enough for ``tile``).
+        tile: tiles are enlarged (nearest neighbour, whole factors) to at least this many pixels.
         **kwargs: schedule and probe options of ``VisualizationCallback``.
 
     Example:
@@ -58,6 +70,8 @@ class ActivationMaximization(VisualizationCallback):
         init: str = "noise",
         class_layer: str = "fc8",
         upscale: int = 1,
+        tile: int = 128,
+        spatial: str = "max",
         seed: int = 0,
         **kwargs,
     ) -> None:
@@ -78,7 +92,10 @@ class ActivationMaximization(VisualizationCallback):
             decay=decay,
             init=init,
             seed=seed,
+            spatial=spatial,
         )
+        self.spatial = spatial
+        self.tile = tile
         self.class_layer = class_layer
         self.upscale = upscale
 
@@ -109,27 +126,53 @@ class ActivationMaximization(VisualizationCallback):
             )
         mean = torch.as_tensor(probe.mean, device=result.images.device).view(-1, 1, 1)
         std = torch.as_tensor(probe.std, device=result.images.device).view(-1, 1, 1)
-        pictures = iter(zip(result.images * std + mean, result.activations))
-        figures: dict[str, np.ndarray] = {}
+        pictures = iter(zip(result.images * std + mean, result.activations.tolist()))
+        figures: dict[str, Figure] = {}
         scalars: dict[str, float] = {}
         for name, units in chosen.items():
             tiles, acts = [], []
             for u, (picture, act) in zip(units, pictures):
-                tile = to_uint8(picture, 0.0, 1.0)
-                if self.upscale > 1:
-                    tile = resize(
-                        tile, (tile.shape[0] * self.upscale, tile.shape[1] * self.upscale)
-                    )
-                label = (
-                    probe.class_names[u]
-                    if name == self.class_layer and u < len(probe.class_names)
-                    else str(u)
-                )
-                tiles.append(caption(tile, f"{label} {act:.3g}"))
+                tiles.append(self._tile(name, u, picture, act, probe.class_names))
                 acts.append(act)
-            figures[name] = grid(tiles, ncols=len(tiles))
-            scalars[f"{name}/activation"] = torch.stack(acts).mean().item()
+            reached = sum(a > 0 for a in acts)
+            scalars[f"{name}/activation"] = sum(acts) / len(acts)
+            scalars[f"{name}/positive_share"] = reached / len(acts)
+            figures[name] = self._figure(name, tiles, reached, len(acts), ctx.epoch)
         return VizResult(figures=figures, scalars=scalars)
+
+    def _tile(
+        self, layer: str, unit: int, picture: torch.Tensor, act: float, names: list[str]
+    ) -> np.ndarray:
+        """The unit's image, enlarged, headed by the unit and its activation; a unit that never
+        became positive is framed in red and marked "not reached"."""
+        tile = to_uint8(picture, 0.0, 1.0)
+        scale = max(self.upscale, -(-self.tile // tile.shape[0]))
+        tile = resize(tile, (tile.shape[0] * scale, tile.shape[1] * scale))
+        label = names[unit] if layer == self.class_layer and unit < len(names) else f"#{unit}"
+        head = f"{label}: {fmt(act)}"
+        if act > 0:
+            return caption(add_border(tile, (255, 255, 255), 3), head)
+        return caption(flag(tile, "not reached"), head)
+
+    def _figure(
+        self, layer: str, tiles: list[np.ndarray], reached: int, total: int, epoch: int
+    ) -> Figure:
+        what = "class logit" if layer == self.class_layer else f"{self.spatial} of the feature map"
+        steps = self.options["steps"]
+        title = f"Activation maximisation, {layer}, epoch {epoch}: {reached} of {total} reached"
+        note = (
+            f"Each tile is an input found by {steps} steps of gradient ascent on one {layer} unit "
+            f"({what}, value above the tile). Red frame, 'not reached': the unit's activation "
+            "stayed at or below zero, so the picture shows no preference of the unit."
+        )
+        text = (
+            f"{layer}: inputs that maximise {total} units ({what}), epoch {epoch}; {reached} of "
+            f"{total} reached a positive activation"
+            + ("" if reached == total else "; red frames mark the units that did not")
+            + "."
+        )
+        ncols = min(len(tiles), 8)
+        return Figure(title_bar(grid(tiles, ncols=ncols, pad=4), title, note), text)
 
 
 def _valid_range(probe: Probe) -> tuple[list[float], list[float]]:
