@@ -96,7 +96,7 @@ def scalar_series(rows: list[dict[str, Any]]) -> dict[str, list[list[Any]]]:
         if isinstance(value, float) and not math.isfinite(value):
             value = None
         series.setdefault(r["key"], {})[int(r["epoch"])] = value
-    return {k: sorted(v.items()) for k, v in sorted(series.items())}
+    return {k: [[e, v] for e, v in sorted(by.items())] for k, by in sorted(series.items())}
 
 
 def epoch_metrics(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
