@@ -14,7 +14,7 @@ from zflight.analysis.invariance import invariance_curves
 from zflight.analysis.localization import mass_in_mask, pointing_game
 from zflight.callbacks.actmax import ActivationMaximization
 from zflight.callbacks.base import isolated
-from zflight.callbacks.heatmaps import HeatMaps, rectified_layer
+from zflight.callbacks.heatmaps import HeatMaps, rectified_layer, row_order
 from zflight.callbacks.invariance import Invariance, plot_curves
 from zflight.callbacks.results import Probe
 from zflight.models import zfnet
@@ -72,10 +72,10 @@ def test_heatmaps_figure_and_scores_match_the_analysis(model):
     result = run(cb, model, probe)
     assert set(result.figures) == {"maps"}
     fig = result.figures["maps"]
-    assert_picture(fig)
-    assert (
-        fig.shape[0] > 2 * 64 and fig.shape[0] < 3 * 64 and fig.shape[1] > 4 * 64
-    )  # 2 rows, 4 panels
+    assert_picture(fig.image)
+    assert 2 * 128 < fig.image.shape[0] < 3 * 128 + 80  # 2 rows of 128 px tiles and a title
+    assert fig.image.shape[1] > 4 * 128  # 4 panels
+    assert "Grad-CAM at conv5" in fig.caption and "misclassified" in fig.caption
     model.eval()
     cam = gradcam(model, probe.images, model.features.relu5, probe.labels)
     sal = saliency(model, probe.images, probe.labels)
@@ -87,6 +87,26 @@ def test_heatmaps_figure_and_scores_match_the_analysis(model):
     }
     assert result.scalars == pytest.approx(expected, abs=1e-6)
     assert 0 < expected["saliency_mass_in_mask"] < 1
+
+
+def test_heatmap_rows_put_misclassified_images_first():
+    wrong = torch.tensor([False, False, True, False, True, False, True])
+    assert row_order(wrong, 4, 8) == [2, 4, 6, 0, 1, 3]  # probes 0-3, then the score set
+    assert row_order(wrong, 4, 2) == [2, 4]
+    assert row_order(torch.zeros(3, dtype=torch.bool), 3, 8) == [0, 1, 2]
+
+
+def test_heatmaps_show_a_misclassified_probe_first_with_its_predicted_map(model):
+    always_disc = copy.deepcopy(model)
+    with torch.no_grad():
+        always_disc.classifier.fc8.bias[0] = 1e4  # class 0 ("disc") wins for every image
+    probe = make_probe(n=2)
+    probe.labels = torch.tensor([0, 2])  # probe 0 is right, probe 1 ("dot") is wrong
+    fig = run(HeatMaps(), always_disc, probe).figures["maps"]
+    red = (fig.image == np.array([200, 40, 40], np.uint8)).all(-1).nonzero()
+    green = (fig.image == np.array([40, 160, 40], np.uint8)).all(-1).nonzero()
+    assert len(red[0]) and len(green[0]) and red[0].max() < green[0].min()  # wrong row on top
+    assert "1 misclassified, shown first" in fig.caption
 
 
 def test_heatmaps_without_masks_log_no_scores(model):

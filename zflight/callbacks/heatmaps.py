@@ -8,29 +8,45 @@ from torch import nn
 from typing_extensions import override
 
 from zflight.analysis.attribution import gradcam, saliency
-from zflight.analysis.images import add_border, caption, grid, hstack, overlay
+from zflight.analysis.images import (
+    add_border,
+    caption,
+    fmt_percent,
+    grid,
+    overlay,
+    resize,
+    title_bar,
+    with_colorbar,
+)
 from zflight.analysis.localization import mass_in_mask, pointing_game
 from zflight.callbacks.base import AnalysisContext, VisualizationCallback
-from zflight.callbacks.results import Probe, VizResult
+from zflight.callbacks.results import Figure, Probe, VizResult
+from zflight.callbacks.scoring import ScoreProbes
 
-_RIGHT, _WRONG = (40, 160, 40), (200, 40, 40)
+_RIGHT, _WRONG, _WHITE = (40, 160, 40), (200, 40, 40), (255, 255, 255)
 
 
 class HeatMaps(VisualizationCallback):
-    """Grad-CAM for the true and the predicted class, and input-gradient saliency, over the probes.
+    """Grad-CAM for the true and the predicted class, and input-gradient saliency.
 
-    Figure ``maps``: one row per probe image: the image (green frame if predicted right, red if
-    wrong), Grad-CAM of the true class, Grad-CAM of the predicted class, saliency of the true
-    class. With object masks, scalars ``pointing_game`` and ``mass_in_mask`` score the true-class
-    Grad-CAM exactly as the occlusion callback scores its maps (``saliency_pointing_game`` and
-    ``saliency_mass_in_mask`` the saliency map), so both methods share a chart. Three forward and
-    three backward passes over the probes: about 0.1 CPU-seconds per call at 64 px.
+    Figure ``maps``: one row per image: the image (green frame if predicted right, red if
+    wrong), Grad-CAM of the true class, Grad-CAM of the predicted class where it differs from the
+    true one, saliency of the true class; each map on its own scale from 0 to its maximum (one
+    colour bar). Misclassified images come first (from the probes, then from the score set),
+    then the probes predicted right. With object masks, scalars ``pointing_game`` and
+    ``mass_in_mask`` score the true-class Grad-CAM over ``score_probes`` validation images drawn
+    separately from the probes, exactly as the occlusion callback scores its maps
+    (``saliency_pointing_game`` and ``saliency_mass_in_mask`` the saliency map), so both methods
+    share a chart.
 
     Args:
         layer: the conv layer Grad-CAM reads (``conv5`` by default). When the module after it in
             ``model.features`` is a ReLU, its rectified output is used, as in Grad-CAM.
         alpha: opacity of the heat map over the image.
-        num_rows: at most this many probe images in the figure (all are scored).
+        num_rows: at most this many images in the figure.
+        tile: pictures are enlarged to at least this many pixels a side.
+        score_probes: validation images the scores are computed on (a seeded set of their own;
+            0 scores the probes).
         **kwargs: schedule and probe options of ``VisualizationCallback``.
 
     Example:
@@ -40,17 +56,27 @@ class HeatMaps(VisualizationCallback):
     name = "heatmaps"
 
     def __init__(
-        self, layer: str = "conv5", alpha: float = 0.5, num_rows: int = 8, **kwargs
+        self,
+        layer: str = "conv5",
+        alpha: float = 0.5,
+        num_rows: int = 8,
+        tile: int = 128,
+        score_probes: int = 64,
+        **kwargs,
     ) -> None:
         kwargs.setdefault("grad", True)
         super().__init__(**kwargs)
         self.layer = layer
         self.alpha = alpha
         self.num_rows = num_rows
+        self.tile = tile
+        self._scores = ScoreProbes(score_probes, self.probe_seed)
 
     @override
     def analyze(self, model: nn.Module, probe: Probe, ctx: AnalysisContext) -> VizResult:
-        x, labels = probe.images, probe.labels
+        scored = self._scores.get(getattr(ctx, "trainer", None), probe)
+        both = probe if scored is probe else _joined(probe, scored)
+        x, labels = both.images, both.labels
         target = rectified_layer(model, self.layer)
         with ctx.autocast():
             with torch.no_grad():
@@ -59,33 +85,94 @@ class HeatMaps(VisualizationCallback):
             cams = gradcam(model, x, target, torch.stack([labels, preds], 1))
             sal = saliency(model, x, labels)
         scalars: dict[str, float] = {}
-        if probe.masks is not None:
-            masks = probe.masks.bool()
-            for prefix, maps in (("", cams[:, 0]), ("saliency_", sal)):
+        if scored.masks is not None:
+            part = slice(0, len(x)) if scored is probe else slice(len(probe.labels), len(x))
+            masks = scored.masks.bool()
+            for prefix, maps in (("", cams[part, 0]), ("saliency_", sal[part])):
                 scalars[f"{prefix}pointing_game"] = pointing_game(maps, masks).float().mean().item()
                 scalars[f"{prefix}mass_in_mask"] = mass_in_mask(maps, masks).mean().item()
-        return VizResult(figures={"maps": self._figure(probe, probs, cams, sal)}, scalars=scalars)
+        rows = row_order(preds != labels, len(probe.labels), self.num_rows)
+        figure = self._figure(both, rows, probs, cams, sal, len(scored.labels), ctx.epoch)
+        return VizResult(figures={"maps": figure}, scalars=scalars)
 
     def _figure(
-        self, probe: Probe, probs: torch.Tensor, cams: torch.Tensor, sal: torch.Tensor
-    ) -> np.ndarray:
+        self,
+        probe: Probe,
+        rows: list[int],
+        probs: torch.Tensor,
+        cams: torch.Tensor,
+        sal: torch.Tensor,
+        num_scored: int,
+        epoch: int,
+    ) -> Figure:
         names = probe.class_names
-        rows = []
-        for i, img in enumerate(probe.display()[: self.num_rows]):
+        pictures = probe.display()
+        scale = max(1, -(-self.tile // pictures[0].shape[0]))
+        size = (pictures[0].shape[0] * scale, pictures[0].shape[1] * scale)
+        cells = []
+        for i in rows:
+            img = resize(pictures[i], size)
             t, p = int(probe.labels[i]), int(probs[i].argmax())
 
             def panel(heat: torch.Tensor, text: str, img: np.ndarray = img) -> np.ndarray:
-                return caption(add_border(overlay(img, heat, self.alpha), (255, 255, 255)), text)
+                hi = max(float(heat.max()), 1e-12)
+                return caption(
+                    add_border(overlay(img, heat, self.alpha, "jet", 0.0, hi), _WHITE), text
+                )
 
-            frame = _RIGHT if t == p else _WRONG
-            panels = [
-                caption(add_border(img, frame), f"p={probs[i, t]:.2f}"),
-                panel(cams[i, 0], f"true {_name(names, t)}"),
-                panel(cams[i, 1], f"pred {_name(names, p)}"),
-                panel(sal[i], "saliency"),
-            ]
-            rows.append(hstack(panels, pad=2))
-        return grid(rows, ncols=1, pad=2)
+            head = f"{_name(names, t)}, p {fmt_percent(probs[i, t])}"
+            tiles = [caption(add_border(img, _RIGHT if t == p else _WRONG), head)]
+            tiles.append(panel(cams[i, 0], f"Grad-CAM {_name(names, t)} (true)"))
+            if t == p:
+                tiles.append(caption(add_border(_same_tile(size), _WHITE), "predicted: the same"))
+            else:
+                tiles.append(
+                    panel(cams[i, 1], f"Grad-CAM {_name(names, p)} {fmt_percent(probs[i, p])}")
+                )
+            tiles.append(panel(sal[i], f"saliency {_name(names, t)}"))
+            cells += tiles
+        body = grid(cells, ncols=4, pad=3)
+        body = with_colorbar(body, 0.0, 1.0, "jet", "of max")
+        wrong = sum(int(probs[i].argmax()) != int(probe.labels[i]) for i in rows)
+        title = f"Grad-CAM ({self.layer}) and saliency, epoch {epoch}: {wrong} of {len(rows)} shown misclassified"
+        note = (
+            "Rows: image (green frame right, red wrong; p of the true class), Grad-CAM of the true "
+            "class, Grad-CAM of the predicted class where it differs, saliency of the true class. "
+            "Each map is scaled from 0 to its own maximum (colour bar). Misclassified images first."
+        )
+        text = (
+            f"Grad-CAM at {self.layer} and input-gradient saliency for {len(rows)} validation "
+            f"images ({wrong} misclassified, shown first), epoch {epoch}; each map scaled to its "
+            f"maximum. Scores use {num_scored} other validation images."
+        )
+        return Figure(title_bar(body, title, note), text)
+
+
+def row_order(wrong: torch.Tensor, num_probes: int, num_rows: int) -> list[int]:
+    """Rows of the figure: misclassified images first (probes, then the score set, in order),
+    then the probes predicted right; at most ``num_rows``."""
+    wrong = wrong.tolist()
+    first = [i for i, w in enumerate(wrong) if w]
+    rest = [i for i in range(num_probes) if not wrong[i]]
+    return (first + rest)[:num_rows]
+
+
+def _joined(a: Probe, b: Probe) -> Probe:
+    """One probe of ``a``'s images followed by ``b``'s (the same normalisation and classes)."""
+    masks = None if a.masks is None or b.masks is None else torch.cat([a.masks, b.masks])
+    return Probe(
+        torch.cat([a.images, b.images]),
+        torch.cat([a.labels, b.labels]),
+        masks,
+        a.mean,
+        a.std,
+        a.class_names,
+        a.indices + b.indices,
+    )
+
+
+def _same_tile(size: tuple[int, int]) -> np.ndarray:
+    return np.full((*size, 3), 245, np.uint8)
 
 
 def rectified_layer(model: nn.Module, name: str) -> nn.Module:
