@@ -237,4 +237,6 @@
   const built = performance.now();
   document.body.dataset.builtMs = built.toFixed(1);
   if (location.hash === "#selftest") selftest(built);
+  // when the page and its images in view have loaded (milliseconds from navigation start)
+  addEventListener("load", () => { document.body.dataset.loadedMs = performance.now().toFixed(1); });
 })();
