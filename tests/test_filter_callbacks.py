@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import types
 import warnings
+from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
@@ -15,9 +17,11 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from zflight.analysis.filters import filter_health, filter_rms
+from zflight.analysis.filters import DEAD, OK, UNTRAINED, filter_health, filter_rms
+from zflight.callbacks import filter_figures as ff
 from zflight.callbacks import filter_health as fh
-from zflight.callbacks.filter_health import STATUS_COLOURS, FilterHealth, filter_grid, spectra_grid
+from zflight.callbacks.filter_figures import STATUS_COLOURS, filter_tiles
+from zflight.callbacks.filter_health import FilterHealth
 from zflight.callbacks.renorm import FilterRenorm, renormalize_filters
 from zflight.callbacks.results import Probe
 from zflight.models import zfnet
@@ -59,11 +63,11 @@ def loader(n: int = 16, size: int = 64, seed: int = 0) -> DataLoader:
 
 def trainer(tmp_path, callbacks, **kw) -> pl.Trainer:
     kw.setdefault("devices", 1)
+    kw.setdefault("enable_checkpointing", False)
     return pl.Trainer(
         default_root_dir=str(tmp_path),
         accelerator="cpu",
         logger=False,
-        enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -137,9 +141,17 @@ def probe(n: int = 2) -> Probe:
 
 def test_analyze_reports_the_analysis_of_each_layer():
     model = tiny_zfnet()
+    cb = FilterHealth(layers=["conv1", "conv2"])
+    cb.capture_start(model)
+    with torch.no_grad():
+        unchanged = cb.analyze(model, probe(), fake_ctx()).scalars
+    # the start network's projections are the current ones: the same gridding
+    assert unchanged["conv2/gridding"] == pytest.approx(unchanged["conv2/gridding_start"])
+    assert unchanged["conv2/gridding_rel"] == pytest.approx(1.0)
     with torch.no_grad():
         model.features.conv1.weight[2] *= 1e-4
-        result = FilterHealth(layers=["conv1", "conv2"]).analyze(model, probe(), fake_ctx())
+        model.features.conv1.weight[5] = torch.randn(3, 7, 7)  # moved away from its start
+        result = cb.analyze(model, probe(), fake_ctx())
     assert set(result.figures) == {
         "conv1/filters",
         "conv1/spectra",
@@ -149,60 +161,137 @@ def test_analyze_reports_the_analysis_of_each_layer():
     }
     for fig in result.figures.values():
         assert fig.image.dtype == np.uint8 and fig.image.ndim == 3 and fig.image.shape[2] == 3
-    for layer in ("conv1", "conv2"):
+    for layer, step in (("conv1", 1.0), ("conv2", 4.0)):  # conv2's taps: conv1 /2, pool1 /2
+        assert cb._step(model, layer) == step
         conv = model.layer(layer)
-        expected = filter_health(conv.weight, conv.stride[0]).scalars()
+        expected = filter_health(
+            conv.weight, conv.stride[0], step=step, initial=cb.initial[layer]
+        ).scalars()
         assert {k: result.scalars[f"{layer}/{k}"] for k in expected} == pytest.approx(expected)
     assert result.scalars["conv1/dead"] == pytest.approx(1 / 12)
+    assert result.scalars["conv1/untrained"] == pytest.approx(10 / 12)  # 12 minus dead, moved
+    assert result.scalars["conv2/untrained"] == 1.0
     assert "1 dead" in result.figures["conv1/filters"].caption
-    assert 0.0 <= result.scalars["conv2/gridding"] < 1.0
+    assert result.scalars["conv2/gridding_start"] == unchanged["conv2/gridding_start"]
+    assert result.scalars["conv2/gridding"] != unchanged["conv2/gridding"]  # conv1 changed
 
 
-def test_dead_filter_tile_is_flat_gray_in_a_black_frame():
-    w = torch.randn(5, 3, 7, 7, generator=torch.Generator().manual_seed(2))
-    w[3] *= 1e-4
-    img = filter_grid(w, filter_health(w, 2), ncols=5, tile=42)
-    side = 7 * 6 + 2 * 3  # 7 taps x 6, 3-pixel frame
-    x0, y0 = 2 + 3 * (side + 2), 2  # grid padding 2
-    tile = img[y0 : y0 + side, x0 : x0 + side]
-    assert (tile[:3] == STATUS_COLOURS["dead"]).all()
-    inner = tile[3:-3, 3:-3].astype(int)
-    # shared symmetric scale: a near-zero filter is mid-gray
-    assert np.abs(inner - 128).max() <= 1
-    neighbour = img[y0 : y0 + side, x0 - side - 2 : x0 - 2]
-    assert (neighbour[:3] == STATUS_COLOURS["aliased"]).all()  # random filters look aliased
-    assert np.abs(neighbour[3:-3, 3:-3].astype(int) - 128).max() > 60
+def test_filter_tiles_are_contrast_normalised_each_and_framed_by_status():
+    w = torch.randn(3, 3, 7, 7, generator=torch.Generator().manual_seed(2))
+    w[1] *= 1e-3  # tiny but structured: still spans the full range on its own scale
+    w[2] = 0.0
+    status = torch.tensor([OK, UNTRAINED, DEAD])
+    tiles = filter_tiles(w, status, tile=64)
+    side = 7 * 10 + 2 * ff.FRAME  # ceil(64 / 7) = 10 times enlarged, framed
+    assert [t.shape for t in tiles] == [(side, side, 3)] * 3
+    for tile, s in zip(tiles, ("ok", "untrained", "dead")):
+        assert (tile[: ff.FRAME] == STATUS_COLOURS[s]).all()
+    for tile in tiles[:2]:
+        inner = tile[ff.FRAME : -ff.FRAME, ff.FRAME : -ff.FRAME]
+        assert inner.min() == 0 and inner.max() == 255
+    assert (tiles[2][ff.FRAME : -ff.FRAME, ff.FRAME : -ff.FRAME] == 128).all()
 
 
-def test_spectra_grid_draws_the_nyquist_square():
-    w = torch.randn(2, 3, 7, 7, generator=torch.Generator().manual_seed(3))
-    img = spectra_grid(w, stride=2, ncols=2, n_fft=32, factor=2)
-    tile = img[2:66, 2:66]
+def test_spectra_overlay_draws_the_nyquist_square_on_the_absolute_axis():
+    mask = ff._overlay_mask(32, 2, stride=2, step=1.0)
     lo, hi = (16 - 8) * 2, (16 + 8 + 1) * 2 - 1  # bins |i - 16| <= 8 are inside 1/4 cycles/pixel
-    assert (tile[lo, lo : hi + 1] == fh.NYQUIST_COLOUR).all()
-    assert (tile[lo : hi + 1, hi] == fh.NYQUIST_COLOUR).all()
-    assert not (tile[lo + 3, lo + 3] == fh.NYQUIST_COLOUR).all()
+    assert (mask[lo, lo : hi + 1] == 1).all() and (mask[lo : hi + 1, hi] == 1).all()
+    assert (mask == 1).sum() == 4 * (hi - lo)
+    # a layer whose taps are 4 px apart spans +-1/8 cycles/px: its 1/16 ring lies 8 bins (16 px)
+    # from DC, whose two pixels (bin 16 of 32) are 32 and 33; the 1/4 ring lies outside the tile
+    rings = ff._overlay_mask(32, 2, stride=1, step=4.0) == 2  # dotted: two rows through DC
+    cols = np.nonzero(rings[32:34].any(0))[0]
+    assert np.abs(np.abs(cols - 32.5) - 16).max() <= 0.5 and len(cols) == 2
+    img = ff.spectra_figure(torch.randn(4, 3, 7, 7), 2, 1.0, "conv1 spectra", ncols=4)
+    assert img.dtype == np.uint8 and img.shape[1] > 4 * 64
 
 
-def test_alerts_wait_for_warmup_and_fire_on_crossing(monkeypatch):
+def healthy_and_bad_layers(model: nn.Module) -> None:
+    """conv1: every filter moved to a smooth trained Gabor (healthy); conv2 likewise."""
+    g = torch.Generator().manual_seed(3)
+    for name, k in (("conv1", 7), ("conv2", 5)):
+        conv = model.layer(name)
+        c = torch.arange(k, dtype=torch.float32) - (k - 1) / 2
+        yy, xx = torch.meshgrid(c, c, indexing="ij")
+        with torch.no_grad():
+            for i in range(conv.weight.shape[0]):
+                theta = float(torch.rand(1, generator=g)) * math.pi
+                u = xx * math.cos(theta) + yy * math.sin(theta)
+                gabor = torch.exp(-(xx**2 + yy**2) / k) * torch.cos(2 * math.pi * 0.12 * u)
+                colour = torch.randn(conv.weight.shape[1], 1, 1, generator=g)
+                conv.weight[i] = 0.1 * conv.weight[i] / conv.weight[i].norm() + colour * gabor
+
+
+def test_alerts_stay_silent_on_a_healthy_layer_and_fire_after_warmup_on_a_bad_one(monkeypatch):
     sent: list[str] = []
     monkeypatch.setattr(fh, "_wandb_alert", lambda title, text: sent.append(title))
-    cb = FilterHealth(alert_thresholds={"aliased": 0.5}, warmup_epochs=2)
+    model = tiny_zfnet()
+    cb = FilterHealth(layers=["conv1", "conv2"], warmup_epochs=2)
+    cb.capture_start(model)
+    healthy_and_bad_layers(model)
 
-    def run(epoch: int, value: float, rank: int = 0) -> list[str]:
-        with warnings.catch_warnings(record=True) as caught:
+    def run(epoch: int, rank: int = 0) -> tuple[list[str], dict[str, float]]:
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad():
             warnings.simplefilter("always")
-            cb._alert({"conv1/aliased": value, "conv1/dead": 1.0}, fake_ctx(epoch, rank))
-        return [str(w.message) for w in caught]
+            result = cb.analyze(model, probe(), fake_ctx(epoch, rank))
+        return [str(w.message) for w in caught], result.scalars
 
-    assert run(0, 0.9) == [] and run(1, 0.9) == []  # warm-up
-    assert len(run(2, 0.9)) == 1 and sent == ["filter health: conv1/aliased"]
-    assert run(3, 0.95) == []  # still above: no repeat
-    assert run(4, 0.2) == []
-    assert len(run(5, 0.7, rank=1)) == 1 and len(sent) == 1  # warns again; W&B only from rank 0
-    restored = FilterHealth(alert_thresholds={"aliased": 0.5}, warmup_epochs=2)
+    for epoch in (0, 2, 3):
+        messages, scalars = run(epoch)
+        assert messages == [], scalars
+    assert scalars["conv1/untrained"] == 0.0 and scalars["conv1/dead"] == 0.0
+    with torch.no_grad():
+        model.features.conv1.weight[:8] = 0.0  # 8 of 12 filters collapse: dead
+    assert run(1)[0] == []  # warm-up: silent whatever the values
+    messages, scalars = run(4)
+    assert scalars["conv1/dead"] == pytest.approx(8 / 12)
+    dead = [m for m in messages if "conv1/dead" in m]
+    assert len(dead) == 1 and "filters/conv1/dead = 0.667 exceeds 0.25 at epoch 4" in dead[0]
+    assert "learning rate" in dead[0]  # says what to try
+    assert "filter health: conv1/dead" in sent and len(sent) == len(messages)
+    assert run(5)[0] == []  # still above: no repeat
+    restored = FilterHealth(layers=["conv1", "conv2"], warmup_epochs=2)
     restored.load_state_dict(cb.state_dict())
-    assert restored.above == {"conv1/aliased": True}
+    assert restored.above["conv1/dead"] is True
+    with pytest.raises(ValueError, match="unknown alert metric"):
+        FilterHealth(alert_thresholds={"mid_band": 0.5})
+
+
+def test_initial_weights_round_trip_through_the_state_dict():
+    model = tiny_zfnet()
+    cb = FilterHealth(layers=["conv1", "conv2"])
+    cb.capture_start(model, epoch=0)
+    start = {k: v.clone() for k, v in cb.initial.items()}
+    restored = FilterHealth(layers=["conv1", "conv2"])
+    restored.load_state_dict(cb.state_dict())
+    with torch.no_grad():
+        model.features.conv1.weight.add_(1.0)
+    restored.capture_start(model, epoch=3)  # a resumed fit start: the kept start wins
+    assert set(restored.initial) == {"conv1", "conv2"} and restored.start_epoch == 0
+    for name in start:
+        assert torch.equal(restored.initial[name], start[name])
+    assert set(restored.initial_trunk) == set(cb.initial_trunk)
+    assert torch.equal(restored.initial_trunk["conv1.weight"], start["conv1"])
+
+
+def test_resume_keeps_the_start_of_the_first_fit(tmp_path):
+    model = tiny_zfnet().train()
+    start = model.features.conv1.weight.detach().clone()
+    cb = FilterHealth(layers=["conv1"], gridding_layer=None, num_probes=2, strict=True)
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True)
+    first = trainer(tmp_path, [cb, ckpt], max_epochs=1, enable_checkpointing=True)
+    first.fit(Classifier(model, lr=0.05), loader(), loader(n=8))
+    assert torch.equal(cb.initial["conv1"], start)
+    assert not torch.equal(model.features.conv1.weight, start)  # training moved it
+    fresh = FilterHealth(layers=["conv1"], gridding_layer=None, num_probes=2, strict=True)
+    second = trainer(tmp_path, [fresh], max_epochs=2, enable_checkpointing=True)
+    second.fit(
+        Classifier(tiny_zfnet(seed=5), lr=0.05),
+        loader(),
+        loader(n=8),
+        ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"),
+    )
+    assert torch.equal(fresh.initial["conv1"], start) and fresh.start_epoch == 0
 
 
 def test_wandb_alert_only_for_an_online_run_and_never_raises(monkeypatch):
@@ -296,100 +385,124 @@ def test_ddp_renorm_keeps_ranks_identical_and_statistics_merge(tmp_path):
 # ---- the ablation entry point --------------------------------------------------------------------
 def test_ablation_arguments_and_overrides_are_valid_configs(tmp_path):
     from zflight import ablation
+    from zflight.build import build_callbacks
     from zflight.config import ConfigError, load_config
-    from zflight.train import build_callbacks
 
-    cfg, extra = ablation.parse_args(
-        ["epochs=3", "renorm=zfnet", "data.train_size=100", "logger=none"]
-    )
-    assert (cfg.epochs, cfg.renorm, extra) == (3, "zfnet", ["data.train_size=100", "logger=none"])
-    for bad in (["renorm=sometimes"], ["epochs"], ["epochs=many"]):
+    cfg, extra = ablation.parse_args(["epochs=3", "seeds=2", "renorm=zfnet", "logger=none"])
+    assert (cfg.epochs, cfg.seeds, cfg.renorm, extra) == (3, 2, "zfnet", ["logger=none"])
+    for bad in (["renorm=sometimes"], ["epochs"], ["epochs=many"], ["seeds=0"]):
         with pytest.raises(ConfigError):
             ablation.parse_args(bad)
     for arm, has_renorm in (("alexnet_style", False), ("zfnet", True)):
-        train_cfg = load_config(ablation.arm_overrides(arm, cfg, tmp_path / arm, extra))
-        got = (train_cfg.model.name, train_cfg.trainer.max_epochs, train_cfg.data.train_size)
-        assert got == (arm, 3, 100)
+        train_cfg = load_config(ablation.arm_overrides(arm, 1, cfg, tmp_path / arm, extra))
+        got = (train_cfg.model.name, train_cfg.seed, train_cfg.trainer.max_epochs)
+        assert got == (arm, 1, 3)
+        assert (train_cfg.optim.name, train_cfg.optim.momentum) == ("sgd", 0.9)
+        assert train_cfg.data.fine_texture is True and train_cfg.data.train_size == 8000
         assert train_cfg.logger.name == "none"  # the user's override comes last and wins
         kinds = [type(c) for c in build_callbacks(train_cfg)]
         assert kinds == ([FilterHealth, FilterRenorm] if has_renorm else [FilterHealth])
+    both, _ = ablation.parse_args([])
+    for arm in ("alexnet_style", "zfnet"):  # the default: the same RMS rule on both arms
+        kinds = [
+            type(c)
+            for c in build_callbacks(
+                load_config(ablation.arm_overrides(arm, 0, both, tmp_path, []))
+            )
+        ]
+        assert kinds == [FilterHealth, FilterRenorm]
 
 
-def test_ablation_report_from_logged_scalars(tmp_path):
-    from zflight import ablation
+def test_claim_outcomes_count_seeds_and_say_when_untestable():
+    from zflight.ablation_report import claim_outcome
 
-    values = {
-        "alexnet_style": {
-            "conv1/dead": 0.25,
-            "conv1/aliased": 0.5,
-            "conv1/mid_band": 0.1,
-            "conv2/gridding": 0.02,
-        },
-        "zfnet": {
-            "conv1/dead": 0.0,
-            "conv1/aliased": 0.75,
-            "conv1/mid_band": 0.4,
-            "conv2/gridding": 0.02,
-        },
-    }
-    results = {}
-    for arm, finals in values.items():
-        run = tmp_path / arm
-        (run / "viz" / "filters" / "conv1" / "filters").mkdir(parents=True)
-        Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(
-            run / "viz" / "filters" / "conv1" / "filters" / "epoch_0001.png"
-        )
-        with open(run / "viz" / "scalars.jsonl", "w") as f:
-            for epoch, scale in ((0, 2.0), (1, 1.0)):  # the report must take the last epoch
-                for key, v in finals.items():
-                    row = {
-                        "epoch": epoch,
-                        "step": epoch,
-                        "key": f"filters/{key}",
-                        "value": v * scale,
-                    }
-                    f.write(json.dumps(row) + "\n")
-        (run / "csv").mkdir()
-        (run / "csv" / "metrics.csv").write_text("epoch,step,val/acc1\n0,9,0.5\n1,19,0.75\n")
-        results[arm] = {"run_dir": run, "val_acc1": 0.75, "val_acc5": 1.0}
-    assert ablation.read_accuracy(tmp_path / "zfnet") == [(0, 0.5), (1, 0.75)]
-    path = ablation.write_report(
-        tmp_path,
-        ablation.AblationConfig(epochs=2),
-        [],
-        results,
-        {"alexnet_style": 1.0, "zfnet": 2.0},
+    # (AlexNet-style, ZFNet) per seed
+    assert claim_outcome([(0.1, 0.3), (0.2, 0.1), (0.1, 0.4)], "zfnet") == (2, 3, None)
+    assert claim_outcome([(0.3, 0.1), (0.2, 0.2)], "alexnet_style") == (1, 2, None)  # a tie fails
+    holds, n, reason = claim_outcome([(0.0, 0.0), (0.0, 0.0)], "alexnet_style")
+    assert (holds, n) == (0, 2) and "no such filter in either arm" in reason
+    assert claim_outcome([(math.nan, 0.2)], "zfnet")[2].startswith("not measured")
+
+
+def fake_run(run: Path, finals: dict[str, float], acc: float) -> dict:
+    """A run directory with two epochs of filter scalars (the last one = ``finals``) and top-1."""
+    (run / "viz" / "filters" / "conv1" / "filters").mkdir(parents=True)
+    Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(
+        run / "viz" / "filters" / "conv1" / "filters" / "epoch_0001.png"
     )
-    text = path.read_text()
-    assert "- conv1 dead fraction: AlexNet-style 0.250, ZFNet 0.000 (as in the paper)" in text
-    assert "- conv1 aliased fraction: AlexNet-style 0.500, ZFNet 0.750 (opposite to" in text
-    assert "- conv1 mid-band share: AlexNet-style 0.100, ZFNet 0.400 (as in the paper)" in text
-    assert "- conv2 gridding score: AlexNet-style 0.020, ZFNet 0.020 (no difference)" in text
-    assert ablation.noise_reference(7, 2)[0] == pytest.approx(1 - (33 / 64) ** 2)
-    assert ablation.noise_reference(11, 4)[0] == pytest.approx(1 - (17 / 64) ** 2)
-    for png in ("filters.png", "curves.png", "report.png"):
+    with open(run / "viz" / "scalars.jsonl", "w") as f:
+        for epoch, scale in ((0, 2.0), (1, 1.0)):  # the report must take the last epoch
+            for key, v in finals.items():
+                row = {"epoch": epoch, "step": epoch, "key": f"filters/{key}", "value": v * scale}
+                f.write(json.dumps(row) + "\n")
+    (run / "csv").mkdir()
+    (run / "csv" / "metrics.csv").write_text(f"epoch,step,val/acc1\n0,9,0.5\n1,19,{acc}\n")
+    return {"run_dir": run, "val_acc1": acc, "seconds": 1.0}
+
+
+def test_ablation_report_counts_each_claim_over_seeds(tmp_path):
+    from zflight import ablation
+    from zflight.ablation_report import read_accuracy, write_report
+
+    base = {"conv1/dead": 0.0, "conv1/untrained": 0.0, "conv1/aliased": 0.0, "conv2/gridding": 2.0}
+    results = {}
+    for seed, (mid_a, mid_z, grid_a, grid_z, acc_a, acc_z) in enumerate(
+        [(0.2, 0.6, 0.5, 0.3, 0.8, 0.9), (0.3, 0.5, 0.4, 0.6, 0.85, 0.84)]
+    ):
+        results[seed] = {
+            "alexnet_style": fake_run(
+                tmp_path / f"s{seed}" / "alexnet_style",
+                {**base, "conv1/band_mid": mid_a, "conv2/gridding_rel": grid_a},
+                acc_a,
+            ),
+            "zfnet": fake_run(
+                tmp_path / f"s{seed}" / "zfnet",
+                {**base, "conv1/band_mid": mid_z, "conv2/gridding_rel": grid_z},
+                acc_z,
+            ),
+        }
+    assert read_accuracy(tmp_path / "s0" / "zfnet") == [(0, 0.5), (1, 0.9)]
+    cfg, _ = ablation.parse_args(["seeds=2", "epochs=2"])
+    text = write_report(tmp_path, cfg, [], results, 60.0).read_text()
+    assert "- (a) more mid-frequency first-layer filters: **holds on 2 of 2 seeds** " in text
+    assert "(conv1 mid-band share: ZFNet 0.550 ± 0.071, AlexNet-style 0.250 ± 0.071)" in text
+    assert (
+        "- (b) fewer dead first-layer filters (dead or untrained: no structure): **not testable here: no such filter in either arm on any seed**"
+        in text
+    )
+    assert "- (c) fewer aliased first-layer filters: **not testable here" in text
+    assert (
+        "- (d) less gridding in layer 2 (relative to each net's start): **holds on 1 of 2 seeds**"
+        in text
+    )
+    assert "- (e) better accuracy: **holds on 1 of 2 seeds**" in text
+    assert "| 1 | ZFNet | 0.840 | 0.000 | 0.000 | 0.000 | 0.000 | 0.500 |" in text
+    for png in ("filters.png", "curves.png"):
         assert Image.open(tmp_path / png).size[0] > 100
 
 
 @pytest.mark.slow
 def test_ablation_end_to_end_on_a_tiny_budget(tmp_path):
     from zflight import ablation
+    from zflight.ablation_report import read_scalars
 
     path = ablation.run_ablation(
         [
             f"out={tmp_path / 'abl'}",
+            "seeds=1",
             "epochs=2",
-            "data.train_size=256",
+            "train_size=256",
             "data.val_size=64",
             "data.batch_size=64",
             "data.cache_dir=null",
         ]
     )
     text = path.read_text()
-    assert "conv2 gridding score: AlexNet-style" in text and "not measured" not in text
+    assert "(e) better accuracy: **holds on" in text and "| 0 | ZFNet |" in text
     for arm in ablation.ARMS:
-        series = ablation.read_scalars(tmp_path / "abl" / arm)
+        series = read_scalars(tmp_path / "abl" / "seed0" / arm)
         assert [e for e, _ in series["conv1/dead"]] == [0, 1]
+        assert "conv2/gridding_rel" in series
 
 
 def test_activation_statistics_stop_after_stats_images(tmp_path):

@@ -1,4 +1,4 @@
-"""Filter-health analysis on constructed filter banks with known answers."""
+"""Filter-health analysis on constructed filter banks and images with known answers."""
 
 from __future__ import annotations
 
@@ -12,21 +12,23 @@ from zflight.analysis.filters import (
     ALIASED,
     DEAD,
     DUPLICATE,
-    HIGH,
-    LOW,
-    MID,
     OK,
-    aliasing_scores,
+    UNTRAINED,
     cosine_matrix,
-    dominant_frequencies,
+    cosine_to,
     duplicates,
     effective_rank,
     filter_health,
     filter_rms,
-    frequency_bands,
-    gridding_scores,
-    mid_band_energy,
     positive_counts,
+)
+from zflight.analysis.spectrum import (
+    aliasing_scores,
+    band_shares,
+    crop_windows,
+    gridding_ratio,
+    noise_aliasing,
+    noise_band_shares,
 )
 
 
@@ -68,7 +70,8 @@ def test_orthogonal_low_frequency_filters_are_ok():
     report = filter_health(bank, stride=2)
     assert report.status.tolist() == [OK] * 6
     assert report.aliasing.max() < 0.25  # a 7-tap box leaks sidelobes, well under 0.5
-    assert report.band.tolist() == [LOW] * 6  # orders <= 1 sit below 1/k = 0.143 cycles/pixel
+    # above Nyquist at stride 2 (|f|_inf > 1/4) lies inside the high band (|f|_2 >= 1/4)
+    assert bool((report.bands[:, 2] >= report.aliasing - 1e-6).all())
     # orthonormal rows: equal singular values, so the effective rank is the count
     assert report.effective_rank == pytest.approx(6.0, abs=1e-6)
     s = report.scalars()
@@ -102,7 +105,7 @@ def test_high_frequency_filters_are_aliased():
     bank = torch.stack([gabor(7, 0.40, 1.4), gabor(7, 0.40, 1.4, math.pi / 2), gabor(7, 0.10, 1.4)])
     report = filter_health(bank[:, None].float(), stride=2)
     assert report.aliased.tolist() == [True, True, False]
-    assert report.band.tolist() == [HIGH, HIGH, LOW]
+    assert report.bands.argmax(1).tolist() == [2, 2, 1]  # high, high, mid (0.1 cycles/pixel)
     assert report.status.tolist() == [ALIASED, ALIASED, OK]
 
 
@@ -176,28 +179,9 @@ def test_scores_are_invariant_to_scaling_filters():
     scale = scale.view(-1, 1, 1, 1)
     a, b = filter_health(w, 2), filter_health(w * scale, 2)
     assert torch.allclose(a.aliasing, b.aliasing, atol=1e-5)
-    assert torch.equal(a.dominant, b.dominant) and torch.equal(a.band, b.band)
+    assert torch.allclose(a.bands, b.bands, atol=1e-5)
     assert torch.equal(a.duplicate_of, b.duplicate_of) and torch.equal(a.status, b.status)
-    assert torch.allclose(a.mid_energy, b.mid_energy, atol=1e-5)
     assert torch.allclose(filter_rms(w * scale), filter_rms(w) * scale.flatten(), rtol=1e-5)
-
-
-def test_dominant_frequency_and_bands():
-    x = torch.arange(8, dtype=torch.float32)
-    grating = torch.cos(math.pi / 2 * x).expand(8, 8)[None, None]  # 0.25 cycles/pixel along x
-    assert dominant_frequencies(grating).tolist() == [[0.0, 0.25]]
-    assert dominant_frequencies(torch.ones(1, 3, 7, 7)).tolist() == [[0.0, 0.0]]
-    freqs = torch.tensor([[0.0, 0.0], [0.0, 0.2], [0.0, 0.3], [0.2, 0.2], [0.0, 0.1], [0.0, 0.15]])
-    assert frequency_bands(freqs, 7, 2).tolist() == [LOW, MID, HIGH, MID, LOW, MID]
-    assert frequency_bands(freqs, 11, 4).tolist() == [LOW, HIGH, HIGH, HIGH, MID, HIGH]
-
-
-def test_mid_band_energy_of_constructed_filters():
-    blob = gabor(7, 0.0, 2.5)[None, None].float()  # a smooth blob: energy near DC, below 1/k
-    assert float(mid_band_energy(blob, 2)) < 0.05
-    mid = gabor(15, 0.2, 3.0)[None, None].float()  # narrow band around 0.2 in [1/15, 1/4]
-    assert float(mid_band_energy(mid, 2)) > 0.8
-    assert float(mid_band_energy(mid, 2)) + float(aliasing_scores(mid, 2)) <= 1.0 + 1e-6
 
 
 def test_forced_off_channel_is_the_only_one_dead_by_activation_statistics():
@@ -227,44 +211,148 @@ def test_at_radius_share():
     assert report.at_radius.tolist() == [True, False, True, True]
 
 
-def test_gridding_score_of_constructed_images():
-    comb = torch.zeros(2, 3, 16, 16)
-    comb[:, :, ::2, ::2] = 1.0
-    assert gridding_scores(comb, 2).tolist() == pytest.approx([1.0, 1.0])
-    c = torch.arange(32, dtype=torch.float32) - 15.5
-    blob = torch.exp(-(c[:, None] ** 2 + c[None, :] ** 2) / (2 * 4.0**2))[None]
-    assert float(gridding_scores(blob, 2)) < 1e-4
-    assert float(gridding_scores(torch.ones(1, 8, 8), 2)) == 0.0
-    checker = torch.tensor([[(-1.0) ** (i + j) for j in range(32)] for i in range(32)])
-    mixed = blob + 0.1 * checker  # energies add: the checker is orthogonal to the blob's spectrum
-    e_check, e_blob = (0.1 * checker).pow(2).sum(), (blob - blob.mean()).pow(2).sum()
-    assert float(gridding_scores(mixed, 2)) == pytest.approx(
-        float(e_check / (e_check + e_blob)), rel=1e-3
+# ---- statuses against the start: constructed filters with known answers --------------------------
+def planted(start: torch.Tensor, learned: torch.Tensor, cos: float) -> torch.Tensor:
+    """start + learned mixed so that the result's cosine to ``start`` is exactly ``cos``."""
+    s = start / start.norm()
+    ell = learned - (learned * s).sum() * s  # the part of ``learned`` orthogonal to the start
+    return cos * s + math.sqrt(1 - cos**2) * ell / ell.norm()
+
+
+def rgb(filter2d: torch.Tensor) -> torch.Tensor:
+    return filter2d.float().expand(3, -1, -1).clone()
+
+
+@pytest.mark.parametrize(("k", "stride"), [(7, 2), (11, 4)])
+def test_each_status_of_constructed_filters_against_their_start(k, stride):
+    g = torch.Generator().manual_seed(20)
+    initial = torch.randn(6, 3, k, k, generator=g)
+    smooth = rgb(gabor(k, 0.08, k / 4))  # a trained edge detector, well below 1/(2 * stride)
+    fine = rgb(gabor(k, 0.45, k / 3, 0.4))  # a trained grating above Nyquist for both strides
+    w = initial.clone()  # 0: random, never moved -> untrained
+    w[1] = planted(initial[1], smooth, 0.1)  # -> ok
+    w[2] = planted(initial[2], fine, 0.1)  # -> aliased
+    w[3] = 0.0  # -> dead
+    w[4] = 3.0 * initial[4]  # only rescaled (e.g. by the RMS rule): still its start
+    w[5] = planted(initial[5], smooth, 0.1)  # a second copy of filter 1's structure
+    report = filter_health(w, stride, initial=initial)
+    assert report.status.tolist() == [UNTRAINED, OK, ALIASED, DEAD, UNTRAINED, DUPLICATE]
+    assert report.cos_start[[0, 4]].tolist() == pytest.approx([1.0, 1.0], abs=1e-6)
+    assert report.cos_start[[1, 2]].tolist() == pytest.approx([0.1, 0.1], abs=1e-6)
+    s = report.scalars()
+    assert (s["dead"], s["untrained"], s["aliased"], s["duplicate"]) == pytest.approx(
+        (1 / 6, 2 / 6, 1 / 6, 1 / 6)
     )
+    # without the start nothing is untrained, and the random filters read as plain noise (not
+    # aliased): white noise is the reference, not the threshold
+    blind = filter_health(w, stride)
+    assert blind.status.tolist() == [OK, OK, ALIASED, DEAD, OK, DUPLICATE]
+    assert "untrained" not in blind.scalars() and "cos_start" not in blind.scalars()
 
 
-def test_gridding_equals_energy_at_stride_harmonics():
-    x = torch.randn(3, 3, 24, 24, generator=torch.Generator().manual_seed(11)).cumsum(-1)
-    for stride in (2, 4):
-        power = torch.fft.fft2((x - x.mean((-2, -1), keepdim=True)).double()).abs().pow(2)
-        harmonics = torch.zeros(24, 24, dtype=torch.bool)
-        harmonics[:: 24 // stride, :: 24 // stride] = True
-        harmonics[0, 0] = False
-        expected = (power * harmonics).sum((1, 2, 3)) / power.sum((1, 2, 3))
-        assert torch.allclose(gridding_scores(x, stride).double(), expected, atol=1e-6)
-
-
-def test_transposed_strided_conv_grids_with_a_high_frequency_filter():
-    # The layer-2 artefact: copies of a conv1 filter placed on a stride-2 grid.
-    g = torch.Generator().manual_seed(12)
-    sparse = torch.rand(4, 1, 15, 15, generator=g)
-    smooth = gabor(7, 0.0, 1.5)[None, None].float()
-    sharp = (
-        torch.tensor([[(-1.0) ** (i + j) for j in range(7)] for i in range(7)])[None, None] + 0.5
+@pytest.mark.parametrize(("k", "stride"), [(7, 2), (11, 4)])
+def test_untrained_threshold_calibration_on_mixtures(k, stride):
+    # A grating above Nyquist mixed with its random start: trained (and aliased) below a cosine
+    # of 0.5 to the start, untrained above; a smooth Gabor mixed the same way stays ok, never
+    # aliased. At 0.45 the learned structure holds 80% of the energy and decides every verdict.
+    g = torch.Generator().manual_seed(21)
+    start = torch.randn(4, 3, k, k, generator=g)
+    fine, smooth = rgb(gabor(k, 0.45, k / 3, 0.4)), rgb(gabor(k, 0.08, k / 4))
+    cosines = (0.45, 0.55, 0.45, 0.55)
+    w = torch.stack(
+        [
+            planted(start[i], ell, c)
+            for i, (ell, c) in enumerate(zip((fine, fine, smooth, smooth), cosines))
+        ]
     )
-    up = {
-        name: nn.functional.conv_transpose2d(sparse, w, stride=2)
-        for name, w in (("smooth", smooth), ("sharp", sharp))
-    }
-    assert float(gridding_scores(up["sharp"], 2).mean()) > 0.5
-    assert float(gridding_scores(up["smooth"], 2).mean()) < 0.01
+    report = filter_health(w, stride, initial=start)
+    assert report.cos_start.tolist() == pytest.approx(list(cosines), abs=1e-6)
+    assert report.status.tolist() == [ALIASED, UNTRAINED, OK, UNTRAINED]
+    assert float(report.excess[0]) > 0.6 and float(report.excess[2]) < 0.0
+
+
+def test_cosine_to_start_is_scale_invariant_and_zero_for_a_zero_filter():
+    start = torch.randn(3, 3, 5, 5, generator=torch.Generator().manual_seed(22))
+    w = torch.stack([2 * start[0], -start[1], torch.zeros(3, 5, 5)])
+    assert cosine_to(w, start).tolist() == pytest.approx([1.0, -1.0, 0.0], abs=1e-6)
+
+
+# ---- one absolute frequency axis ------------------------------------------------------------------
+def sinusoids(n: int, components: list[tuple[int, float]]) -> torch.Tensor:
+    """An n x n filter: sum of amplitude * cos(2 pi m x / n) along x for (m, amplitude)."""
+    x = torch.arange(n, dtype=torch.float64)
+    row = sum(a * torch.cos(2 * math.pi * m * x / n) for m, a in components)
+    return row.expand(n, n)[None, None].float()
+
+
+def test_band_shares_of_known_sinusoids_on_the_absolute_axis():
+    # Whole periods on a 32-tap filter with a 32-point FFT: each cosine's energy sits in its two
+    # bins, so the band shares are a_i^2 / sum a^2 exactly. Bin m is m/32 cycles per tap, i.e.
+    # m/(32 * step) cycles per input pixel; bands: low < 1/16 <= mid < 1/4 <= high.
+    w = sinusoids(32, [(1, 1.0), (4, 2.0), (12, 3.0)])
+    total = 1 + 4 + 9
+    # step 1: 0.031 low, 0.125 mid, 0.375 high
+    assert band_shares(w, 1, n_fft=32)[0].tolist() == pytest.approx(
+        [1 / total, 4 / total, 9 / total], abs=1e-6
+    )
+    # step 2 (a layer above a stride-2 layer): 0.016 low, 0.0625 mid (edge), 0.1875 mid
+    assert band_shares(w, 2, n_fft=32)[0].tolist() == pytest.approx(
+        [1 / total, 13 / total, 0.0], abs=1e-6
+    )
+    # step 8: everything below 1/16
+    assert band_shares(w, 8, n_fft=32)[0].tolist() == pytest.approx([1.0, 0.0, 0.0], abs=1e-6)
+
+
+def test_white_noise_band_shares_and_aliasing_references():
+    g = torch.Generator().manual_seed(23)
+    noise = torch.randn(2000, 3, 7, 7, generator=g)
+    assert band_shares(noise, 1).mean(0).tolist() == pytest.approx(
+        noise_band_shares(1).tolist(), abs=0.005
+    )
+    assert noise_aliasing(2) == pytest.approx(1 - (33 / 64) ** 2)
+    assert noise_aliasing(4) == pytest.approx(1 - (17 / 64) ** 2)
+    assert noise_aliasing(1) == 0.0
+    report = filter_health(noise[:200], 2)
+    assert report.scalars()["aliasing_rel"] == pytest.approx(1.0, abs=0.02)
+    assert not report.aliased.any()
+
+
+# ---- gridding ------------------------------------------------------------------------------------
+def smooth_image(size: int, seed: int) -> torch.Tensor:
+    """(3, size, size) random image low-pass filtered by a Gaussian (no periodic structure)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 3, size + 12, size + 12, generator=g, dtype=torch.float64)
+    c = torch.arange(13, dtype=torch.float64) - 6
+    k = torch.exp(-(c**2) / (2 * 2.0**2))
+    k2 = (k[:, None] * k[None, :] / k.sum() ** 2).expand(3, 1, 13, 13)
+    return nn.functional.conv2d(x, k2, groups=3)[0]
+
+
+@pytest.mark.parametrize("period", [4, 8])
+def test_gridding_ratio_of_planted_stride_periodic_energy(period):
+    size = 6 * period
+    plain = smooth_image(size, 24)
+    tile = torch.randn(
+        3, period, period, generator=torch.Generator().manual_seed(25), dtype=torch.float64
+    )
+    grid_pattern = tile.repeat(1, 6, 6)
+    gridded = plain + 0.3 * plain.std() * grid_pattern / grid_pattern.std()
+    r_plain, r_grid = gridding_ratio(plain, period), gridding_ratio(gridded, period)
+    assert 0.3 < r_plain < 2.0  # no peak: harmonics look like their neighbours
+    assert r_grid > 10 * r_plain
+    # a pure period-p pattern has all its energy at the harmonics: nothing beside them
+    assert gridding_ratio(grid_pattern, period) > 1e6
+    assert math.isnan(gridding_ratio(torch.ones(3, size, size), period))
+    with pytest.raises(ValueError, match="whole periods"):
+        gridding_ratio(plain[:, :-1], period)
+
+
+def test_crop_windows_clip_to_the_image_and_trim_to_whole_periods():
+    images = torch.arange(2 * 1 * 20 * 20, dtype=torch.float32).view(2, 1, 20, 20)
+    crops = crop_windows(images, torch.tensor([-3, 10]), torch.tensor([2, 0]), 11, 4)
+    assert [tuple(c.shape) for c in crops] == [(1, 8, 8), (1, 8, 8)]
+    assert torch.equal(crops[0], images[0, :, 0:8, 2:10])  # rows 0..7 of the clipped window 0..7
+    assert torch.equal(crops[1], images[1, :, 10:18, 0:8])
+    # a window with under two periods left inside the image is dropped
+    kept = crop_windows(images, torch.tensor([17, 0]), torch.tensor([0, 0]), 11, 4)
+    assert len(kept) == 1 and torch.equal(kept[0], images[1, :, 0:8, 0:8])

@@ -1,22 +1,45 @@
-"""Filter health of a conv layer (Zeiler & Fergus, Fig. 6): dead, aliased and duplicate filters,
-dominant spatial-frequency bands, effective rank, and the gridding of deconvnet projections.
+"""Filter health of a conv layer (Zeiler & Fergus, Fig. 6): what training did to each filter.
 
-The filter functions take a conv weight (C_out, C_in, k, k) (plus optional activation statistics)
-and work in fp32/fp64 whatever its dtype, so scores are the same under bf16 training.
-Frequencies are in cycles per pixel; the Nyquist square of stride s is |f|_inf <= 1/(2s).
+Pure functions of a conv weight (C_out, C_in, k, k), plus optional activation statistics and the
+filters' initial weights, computed in fp32/fp64 whatever the weight's dtype. Per filter: RMS,
+movement (cosine to its start), band shares and aliasing on the absolute axis of
+``zflight.analysis.spectrum``, duplicates by cosine. Statuses, in precedence:
+
+- dead: collapsed (RMS below a fraction of the layer's 90th-percentile RMS, so a layer where most
+  filters collapsed still has a reference) or never positive on the data;
+- untrained: still near its start (cosine to its initial weights above ``untrained_cosine``);
+- aliased: trained, and its energy above Nyquist well over white noise at that stride
+  (``alias_excess`` of the way from the white-noise share to 1);
+- duplicate: cosine above a threshold with an earlier filter;
+- ok.
+
+Calibration of ``untrained_cosine = 0.5``: a filter w = start + learned with cos(w, start) = c
+keeps c^2 of its energy in the start direction. At c = 0.5 the learned part holds 75%, enough for
+the spectral verdicts to read the learned structure: a grating at 0.45 cycles/px mixed with its
+random start at that cosine keeps an alias excess of 0.70 (7x7, stride 2) and 0.78 (11x11,
+stride 4), over the 0.5 threshold, and a smooth Gabor below Nyquist stays far below 0
+(tests/test_filters.py builds these mixtures on both sides of the threshold).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-BANDS = ("low", "mid", "high")
-LOW, MID, HIGH = 0, 1, 2
-STATUSES = ("ok", "dead", "aliased", "duplicate")
-OK, DEAD, ALIASED, DUPLICATE = 0, 1, 2, 3
+from zflight.analysis.spectrum import (
+    BANDS,
+    alias_excess,
+    aliasing_scores,
+    band_shares,
+    noise_aliasing,
+    noise_band_shares,
+    power_spectra,
+)
+
+STATUSES = ("ok", "dead", "untrained", "aliased", "duplicate")
+OK, DEAD, UNTRAINED, ALIASED, DUPLICATE = range(len(STATUSES))
 
 
 def filter_rms(weight: torch.Tensor) -> torch.Tensor:
@@ -24,87 +47,11 @@ def filter_rms(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().float().flatten(1).pow(2).mean(1).sqrt()
 
 
-def frequency_grid(
-    n_fft: int, device: torch.device | str = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(fy, fx), each (n, n): the frequency of every bin of an unshifted n-point 2-D FFT."""
-    f = torch.fft.fftfreq(n_fft, device=device)
-    return f[:, None].expand(n_fft, n_fft), f[None, :].expand(n_fft, n_fft)
-
-
-def power_spectra(weight: torch.Tensor, n_fft: int = 64) -> torch.Tensor:
-    """(C, n, n) power of each filter's zero-padded 2-D FFT, summed over input channels.
-
-    Input channels go through the FFT in chunks of at most 2^23 complex values (64 MB), so a wide
-    layer (conv2 of the full-width net: 256 x 96 filters) stays cheap in memory.
-    """
-    if weight.dim() != 4:
-        raise ValueError(
-            f"expected a conv weight (C_out, C_in, k, k), got shape {tuple(weight.shape)}"
-        )
-    if n_fft < max(weight.shape[-2:]):
-        raise ValueError(f"n_fft={n_fft} is smaller than the kernel {tuple(weight.shape[-2:])}")
-    w = weight.detach().float()
-    chunk = max(1, (1 << 23) // (w.shape[0] * n_fft * n_fft))
-    power = w.new_zeros(w.shape[0], n_fft, n_fft)
-    for part in w.split(chunk, dim=1):
-        power += torch.fft.fft2(part, s=(n_fft, n_fft)).abs().pow(2).sum(1)
-    return power
-
-
-def _share(power: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
-    """Share of each spectrum's energy inside a boolean (n, n) region; 0 for an all-zero filter."""
-    total = power.flatten(1).sum(1)
-    inside = (power * region).flatten(1).sum(1)
-    return torch.where(total > 0, inside / total.clamp_min(1e-30), torch.zeros_like(total))
-
-
-def aliasing_scores(
-    weight: torch.Tensor, stride: int, n_fft: int = 64, power: torch.Tensor | None = None
-) -> torch.Tensor:
-    """(C,) share of each filter's spectral energy outside the Nyquist square |f|_inf > 1/(2s).
-
-    White noise scores about 1 - 1/s^2 (exactly 1 - (bins inside / n)^2 in expectation), so a
-    freshly initialised layer looks aliased; the score is invariant to scaling a filter.
-    ``power`` (from ``power_spectra``) saves recomputing the spectra.
-    """
-    power = power_spectra(weight, n_fft) if power is None else power
-    fy, fx = frequency_grid(power.shape[-1], power.device)
-    return _share(power, torch.maximum(fy.abs(), fx.abs()) > 1.0 / (2 * stride))
-
-
-def dominant_frequencies(
-    weight: torch.Tensor, n_fft: int = 64, power: torch.Tensor | None = None
-) -> torch.Tensor:
-    """(C, 2) the (fy, fx) of each filter's spectral peak (DC included: colour blobs peak at 0)."""
-    power = power_spectra(weight, n_fft) if power is None else power
-    fy, fx = frequency_grid(power.shape[-1], power.device)
-    idx = power.flatten(1).argmax(1)
-    return torch.stack([fy.flatten()[idx], fx.flatten()[idx]], dim=1)
-
-
-def frequency_bands(freqs: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
-    """(C,) band of each (fy, fx): HIGH outside the Nyquist square (it aliases, per axis), LOW
-    below 1/k radially (under one cycle across the filter), MID between: the alias-free band
-    [1/k, 1/(2s)]."""
-    radial = freqs.norm(dim=1)
-    band = torch.full_like(radial, MID, dtype=torch.long)
-    band[radial < 1.0 / kernel] = LOW
-    band[freqs.abs().amax(1) > 1.0 / (2 * stride)] = HIGH
-    return band
-
-
-def mid_band_energy(
-    weight: torch.Tensor, stride: int, n_fft: int = 64, power: torch.Tensor | None = None
-) -> torch.Tensor:
-    """(C,) share of each filter's energy in the alias-free band |f|_2 >= 1/k, |f|_inf <= 1/(2s)."""
-    power = power_spectra(weight, n_fft) if power is None else power
-    fy, fx = frequency_grid(power.shape[-1], power.device)
-    k = max(weight.shape[-2:])
-    region = (torch.sqrt(fy**2 + fx**2) >= 1.0 / k) & (
-        torch.maximum(fy.abs(), fx.abs()) <= 1.0 / (2 * stride)
-    )
-    return _share(power, region)
+def cosine_to(weight: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
+    """(C,) cosine between each filter and its initial weights (0 where either is all-zero)."""
+    a = F.normalize(weight.detach().double().flatten(1), dim=1, eps=1e-30)
+    b = F.normalize(initial.detach().to(a.device).double().flatten(1), dim=1, eps=1e-30)
+    return (a * b).sum(1).float()
 
 
 def cosine_matrix(weight: torch.Tensor) -> torch.Tensor:
@@ -114,16 +61,14 @@ def cosine_matrix(weight: torch.Tensor) -> torch.Tensor:
 
 
 def duplicates(
-    weight: torch.Tensor,
-    threshold: float = 0.9,
-    ignore: torch.Tensor | None = None,
+    weight: torch.Tensor, threshold: float = 0.9, ignore: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, list[tuple[int, int, float]]]:
     """Near-copies by cosine similarity of flattened filters.
 
     Returns ``duplicate_of`` (C,) long: the lowest-index earlier filter with cosine > threshold,
     or -1; and the anti-pairs (i, j, cos) with cos < -threshold, i < j: sign-flipped copies are
     reported but not flagged (ReLU makes them two different features). ``ignore`` (C,) bool drops
-    filters, e.g. dead ones, whose direction is noise.
+    filters whose direction is noise (dead or untrained ones).
     """
     cos = cosine_matrix(weight)
     c = cos.shape[0]
@@ -132,9 +77,8 @@ def duplicates(
         cos = cos * (keep[:, None] & keep[None, :])
     earlier = torch.ones(c, c, dtype=torch.bool, device=cos.device).tril(-1)  # j < i
     similar = (cos > threshold) & earlier
-    has = similar.any(1)
     first = similar.float().argmax(1)
-    duplicate_of = torch.where(has, first, torch.full_like(first, -1))
+    duplicate_of = torch.where(similar.any(1), first, torch.full_like(first, -1))
     ii, jj = torch.nonzero((cos < -threshold) & earlier.T, as_tuple=True)
     anti = [(int(i), int(j), float(cos[i, j])) for i, j in zip(ii.tolist(), jj.tolist())]
     return duplicate_of, anti
@@ -160,84 +104,82 @@ def positive_counts(output: torch.Tensor) -> torch.Tensor:
     return (output.detach() > 0).sum(dim=dims, dtype=torch.long)
 
 
-def gridding_scores(images: torch.Tensor, stride: int) -> torch.Tensor:
-    """(N,) share of each image's (mean-removed) energy in its period-``stride`` pattern.
-
-    The period-s pattern is the s x s tile of per-phase means; its energy equals the spectral
-    energy at the stride harmonics (k/s, l/s) != (0, 0). Applied to deconvnet projections through a
-    conv1 of stride s, it measures the gridding the paper saw in layer 2. Images (N, [C,] H, W) are
-    cropped to multiples of s; channels are summed; an all-constant image scores 0.
-    """
-    x = images.detach().double()
-    if x.dim() == 3:
-        x = x[:, None]
-    h, w = (x.shape[-2] // stride) * stride, (x.shape[-1] // stride) * stride
-    x = x[..., :h, :w]
-    x = x - x.mean(dim=(-2, -1), keepdim=True)
-    tile = (
-        x.unflatten(-1, (w // stride, stride))
-        .unflatten(-3, (h // stride, stride))
-        .mean(dim=(-4, -2))
-    )
-    periodic = tile.pow(2).sum(dim=(1, 2, 3)) * (h // stride) * (w // stride)
-    total = x.pow(2).sum(dim=(1, 2, 3))
-    return torch.where(
-        total > 0, periodic / total.clamp_min(1e-300), torch.zeros_like(total)
-    ).float()
-
-
 @dataclass
 class FilterReport:
-    """Per-filter health of one conv layer; ``scalars()`` condenses it to layer fractions."""
+    """Per-filter health of one conv layer; ``scalars()`` condenses it to layer-level numbers."""
 
     kernel: int
     stride: int
+    step: float
     rms: torch.Tensor
+    cos_start: torch.Tensor | None
     aliasing: torch.Tensor
-    dominant: torch.Tensor
-    band: torch.Tensor
-    mid_energy: torch.Tensor
+    aliasing_noise: float
+    bands: torch.Tensor
+    bands_noise: torch.Tensor
     dead: torch.Tensor
+    untrained: torch.Tensor
     aliased: torch.Tensor
     duplicate_of: torch.Tensor
     anti_pairs: list[tuple[int, int, float]]
     effective_rank: float
     at_radius: torch.Tensor
     never_active: torch.Tensor | None = None
-    extra: dict[str, float] = field(default_factory=dict)
 
     @property
     def duplicate(self) -> torch.Tensor:
         return self.duplicate_of >= 0
 
     @property
+    def excess(self) -> torch.Tensor:
+        """(C,) aliasing relative to white noise at this stride (see ``alias_excess``)."""
+        return alias_excess(self.aliasing, self.aliasing_noise)
+
+    @property
     def status(self) -> torch.Tensor:
-        """(C,) one status per filter for display: dead, else duplicate, else aliased, else ok."""
+        """(C,) one status per filter, by precedence: dead, untrained, aliased, duplicate, ok."""
         s = torch.full_like(self.duplicate_of, OK)
-        s[self.aliased] = ALIASED
         s[self.duplicate] = DUPLICATE
+        s[self.aliased] = ALIASED
+        s[self.untrained] = UNTRAINED
         s[self.dead] = DEAD
         return s
 
+    def counts(self) -> dict[str, int]:
+        """Filters per status."""
+        status = self.status
+        return {name: int((status == i).sum()) for i, name in enumerate(STATUSES)}
+
     def scalars(self) -> dict[str, float]:
-        """Fractions dead / aliased / duplicate / at the radius (of all filters), mid-band share and
-        energy and mean aliasing (of live filters), effective rank, never-active share if known."""
+        """Status fractions (of all filters, by precedence), median cosine to the start, mean band
+        shares and aliasing share of the live filters, that share over white noise's at this
+        stride (``aliasing_rel``: 1 = as much as noise), effective rank, share at the RMS radius,
+        never-active share when known."""
+        n = len(self.rms)
+        counts = self.counts()
         live = ~self.dead
         n_live = max(int(live.sum()), 1)
-        out = {
-            "dead": float(self.dead.float().mean()),
-            "aliased": float(self.aliased.float().mean()),
-            "duplicate": float(self.duplicate.float().mean()),
-            "anti_pairs": float(len(self.anti_pairs)),
-            "mid_band": float((live & (self.band == MID)).sum()) / n_live,
-            "mid_band_energy": float(self.mid_energy[live].sum()) / n_live,
-            "aliasing_mean": float(self.aliasing[live].sum()) / n_live,
-            "effective_rank": self.effective_rank,
-            "at_radius": float(self.at_radius.float().mean()),
-        }
+        mean_alias = float(self.aliasing[live].sum()) / n_live
+        out = {name: counts[name] / n for name in STATUSES if name != "ok"}
+        out.update(
+            {
+                "anti_pairs": float(len(self.anti_pairs)),
+                **{
+                    f"band_{b}": float(self.bands[live, i].sum()) / n_live
+                    for i, b in enumerate(BANDS)
+                },
+                "aliasing_mean": mean_alias,
+                "aliasing_rel": mean_alias / self.aliasing_noise if self.aliasing_noise else 0.0,
+                "effective_rank": self.effective_rank,
+                "at_radius": float(self.at_radius.float().mean()),
+            }
+        )
+        if self.cos_start is None:
+            del out["untrained"]
+        else:
+            out["cos_start"] = float(self.cos_start.median())
         if self.never_active is not None:
             out["never_active"] = float(self.never_active.float().mean())
-        out.update(self.extra)
         return out
 
 
@@ -245,41 +187,54 @@ def filter_health(
     weight: torch.Tensor,
     stride: int,
     *,
+    step: float = 1.0,
+    initial: torch.Tensor | None = None,
     positive: torch.Tensor | None = None,
     dead_fraction: float = 0.1,
-    alias_threshold: float = 0.5,
+    untrained_cosine: float = 0.5,
+    alias_excess_threshold: float = 0.5,
     duplicate_threshold: float = 0.9,
     radius: float = 0.1,
     n_fft: int = 64,
 ) -> FilterReport:
     """Diagnose every filter of a conv layer with weight (C, C_in, k, k) applied at ``stride``.
 
-    Dead: RMS below ``dead_fraction`` of the layer's median RMS, or (given ``positive``, the summed
-    ``positive_counts`` of the layer's output on validation data) never positive. Aliased: score
-    above ``alias_threshold``; duplicate: cosine above ``duplicate_threshold`` with an earlier
-    filter; dead filters are neither. At radius: RMS within 0.1% of ``radius`` or above.
+    ``step``: input pixels between the layer's taps (1 for conv1), for the absolute frequency axis.
+    ``initial``: the filters at the start of training; without it no filter is called untrained.
+    ``positive``: summed ``positive_counts`` of the layer's output on validation data.
+    Dead: RMS below ``dead_fraction`` of the layer's 90th-percentile RMS, or never positive. Untrained: cosine to the
+    start above ``untrained_cosine``. Aliased: not dead nor untrained, and ``alias_excess`` above
+    ``alias_excess_threshold``. Duplicate: cosine above ``duplicate_threshold`` with an earlier
+    filter, among filters neither dead nor untrained. At radius: RMS within 0.1% of ``radius``.
     """
     rms = filter_rms(weight)
-    dead = rms < dead_fraction * rms.median()
+    dead = rms < dead_fraction * torch.quantile(rms, 0.9)
     never = None
     if positive is not None:
         never = positive.to(rms.device) == 0
         dead = dead | never
+    cos_start = None if initial is None else cosine_to(weight, initial).to(rms.device)
+    untrained = (
+        torch.zeros_like(dead) if cos_start is None else (cos_start > untrained_cosine) & ~dead
+    )
     power = power_spectra(weight, n_fft)
     aliasing = aliasing_scores(weight, stride, power=power)
-    dominant = dominant_frequencies(weight, power=power)
-    kernel = max(weight.shape[-2:])
-    duplicate_of, anti = duplicates(weight, duplicate_threshold, ignore=dead)
+    noise = noise_aliasing(stride, n_fft)
+    aliased = (alias_excess(aliasing, noise) > alias_excess_threshold) & ~dead & ~untrained
+    duplicate_of, anti = duplicates(weight, duplicate_threshold, ignore=dead | untrained)
     return FilterReport(
-        kernel=kernel,
+        kernel=max(weight.shape[-2:]),
         stride=stride,
+        step=step,
         rms=rms,
+        cos_start=cos_start,
         aliasing=aliasing,
-        dominant=dominant,
-        band=frequency_bands(dominant, kernel, stride),
-        mid_energy=mid_band_energy(weight, stride, power=power),
+        aliasing_noise=noise,
+        bands=band_shares(weight, step, power=power),
+        bands_noise=noise_band_shares(step, n_fft),
         dead=dead,
-        aliased=(aliasing > alias_threshold) & ~dead,
+        untrained=untrained,
+        aliased=aliased,
         duplicate_of=duplicate_of,
         anti_pairs=anti,
         effective_rank=effective_rank(weight),

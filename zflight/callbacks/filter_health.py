@@ -1,64 +1,81 @@
-"""FilterHealth: the paper's Fig. 6 diagnosis (dead, aliased, duplicate filters; mid-band coverage;
-gridding in layer 2) made automatic every N epochs, with a warning when a layer degrades."""
+"""FilterHealth: the paper's Fig. 6 diagnosis made automatic every N epochs: which filters are dead,
+untrained, aliased or duplicated, where their energy lies on one absolute frequency axis, how
+gridded layer 2's projections are compared with the same network at its start, and a warning that
+says what to try when a layer is truly unhealthy after warm-up."""
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from zflight.analysis.deconvnet import Deconvnet, resolve_layer
-from zflight.analysis.filters import (
-    STATUSES,
-    FilterReport,
-    filter_health,
-    gridding_scores,
-    positive_counts,
-    power_spectra,
-)
-from zflight.analysis.images import add_border, colormap, grid, resize, symmetric_to_uint8, to_uint8
-from zflight.callbacks.base import AnalysisContext, VisualizationCallback
+from zflight.analysis.deconvnet import Deconvnet, receptive_field, resolve_layer
+from zflight.analysis.filters import FilterReport, filter_health, positive_counts
+from zflight.analysis.images import grid, resize, symmetric_to_uint8, title_bar
+from zflight.analysis.spectrum import crop_windows, gridding_ratio
+from zflight.callbacks.base import AnalysisContext, VisualizationCallback, network_of
+from zflight.callbacks.filter_figures import filter_grid, spectra_figure
 from zflight.callbacks.results import Figure, Probe, VizResult
 
-STATUS_COLOURS = {
-    "ok": (40, 160, 40),
-    "dead": (0, 0, 0),
-    "aliased": (210, 40, 40),
-    "duplicate": (240, 160, 0),
+# metric -> (fraction or ratio above which a layer is unhealthy, what to try)
+DEFAULT_ALERTS: dict[str, float] = {
+    "dead": 0.25,
+    "aliased": 0.25,
+    "untrained": 0.5,
+    "gridding_rel": 1.5,
 }
-NYQUIST_COLOUR = (0, 220, 255)
-DEFAULT_ALERTS = {"dead": 0.2, "aliased": 0.5, "duplicate": 0.2}
+ADVICE = {
+    "dead": "lower the learning rate, clip filter RMS (callbacks.renorm) or start conv1 smaller "
+    "(model.conv1_std)",
+    "aliased": "use a smaller first-layer stride and kernel (model.name=zfnet) or clip filter RMS "
+    "(callbacks.renorm)",
+    "untrained": "train longer or raise the learning rate; these filters have not left their start",
+    "gridding_rel": "layer-2 projections grid more than at the start: a smaller conv1 stride "
+    "(model.name=zfnet) removes the grid",
+}
 
 
 class FilterHealth(VisualizationCallback):
-    """Filter grids, log spectra and health scalars of chosen conv layers, every N epochs.
+    """Filter grids, spectra and health scalars of chosen conv layers, every N epochs.
 
-    Figures per layer: ``<layer>/filters`` (every filter on one shared scale, so dead filters look
-    flat, framed by status: green ok, black dead, red aliased, orange duplicate) and
-    ``<layer>/spectra`` (log power on one shared 40 dB scale, the Nyquist square of the layer's
-    stride in cyan). Scalars per layer: ``dead``, ``aliased``, ``duplicate``, ``anti_pairs``,
-    ``mid_band``, ``mid_band_energy``, ``aliasing_mean``, ``effective_rank``, ``at_radius`` and,
-    from the validation loop, ``never_active``. With ``gridding_layer``, the scalar
-    ``<gridding_layer>/gridding`` scores the deconvnet projections of that layer's strongest
-    channels at conv1's stride harmonics, and ``<gridding_layer>/projections`` shows 16 of them.
+    Figures per layer: ``<layer>/filters`` (each filter contrast-normalised on its own, framed by
+    status, with a legend) and ``<layer>/spectra`` (dB below each filter's peak, on the absolute
+    axis in cycles per input pixel, the layer's Nyquist square in cyan). Scalars per layer (see
+    ``FilterReport.scalars``): status fractions ``dead``, ``untrained``, ``aliased``,
+    ``duplicate``; ``cos_start``; ``band_low/mid/high``; ``aliasing_mean``, ``aliasing_rel``;
+    ``effective_rank``, ``at_radius``, ``anti_pairs`` and ``never_active``. With
+    ``gridding_layer``: ``<layer>/gridding`` (peak-to-neighbour ratio of its deconvnet projections,
+    cropped to their receptive field, at the harmonics of the cumulative stride below it),
+    ``gridding_start`` (the same for the network at its start) and ``gridding_rel`` (their ratio).
+
+    The start: each watched layer's weights (and the trunk up to ``gridding_layer``) as they are at
+    the first ``fit`` start this callback sees. They are kept in the callback's checkpoint state, so
+    ``resume=`` keeps the original start; a callback first attached to an already-trained model
+    takes the weights at that fit start (``start_epoch`` in the state says which epoch that was),
+    so "untrained" then means "not moved since this callback was attached". Without a start (plain
+    ``validate``) no filter is called untrained and gridding is not compared.
 
     Args:
         layers: conv layers to diagnose (names for ``model.layer`` or ``named_modules``).
-        dead_fraction, alias_threshold, duplicate_threshold, radius, n_fft: see ``filter_health``.
-        alert_thresholds: metric -> fraction; when a layer's fraction rises above it after
-            ``warmup_epochs`` epochs, a rank-zero warning (and a W&B alert when a run is online).
-        warmup_epochs: no alerts before this epoch (random filters all look aliased).
+        dead_fraction, untrained_cosine, alias_excess_threshold, duplicate_threshold, radius,
+            n_fft: see ``zflight.analysis.filters.filter_health``.
+        alert_thresholds: metric -> value; when a layer's value rises above it after
+            ``warmup_epochs`` epochs, one rank-zero warning saying what to try (and a W&B alert
+            when a run is online). Defaults: ``DEFAULT_ALERTS``.
+        warmup_epochs: no alerts before this epoch.
         gridding_layer: layer whose deconvnet projections are scored for gridding (None: off;
             needs the model's conv trunk as an ``nn.Sequential`` called ``features``).
         gridding_channels: strongest channels projected per probe image.
         activation_stats: count never-positive channels over the validation loop.
-        stats_images: stop counting after this many validation images per rank (a sample is
-            enough to find never-active channels; keeps the cost flat on large validation sets).
+        stats_images: stop counting after this many validation images per rank.
         ncols: filters per row in the grids.
         **kwargs: schedule and probe options of ``VisualizationCallback``.
 
@@ -73,12 +90,13 @@ class FilterHealth(VisualizationCallback):
         layers: Sequence[str] = ("conv1",),
         *,
         dead_fraction: float = 0.1,
-        alias_threshold: float = 0.5,
+        untrained_cosine: float = 0.5,
+        alias_excess_threshold: float = 0.5,
         duplicate_threshold: float = 0.9,
         radius: float = 0.1,
         n_fft: int = 64,
         alert_thresholds: Mapping[str, float] | None = None,
-        warmup_epochs: int = 5,
+        warmup_epochs: int = 3,
         gridding_layer: str | None = "conv2",
         gridding_channels: int = 4,
         activation_stats: bool = True,
@@ -90,11 +108,15 @@ class FilterHealth(VisualizationCallback):
         self.layers = list(layers)
         self.options = {
             "dead_fraction": dead_fraction,
-            "alias_threshold": alias_threshold,
+            "untrained_cosine": untrained_cosine,
+            "alias_excess_threshold": alias_excess_threshold,
             "duplicate_threshold": duplicate_threshold,
             "radius": radius,
             "n_fft": n_fft,
         }
+        unknown = set(alert_thresholds or {}) - set(ADVICE)
+        if unknown:
+            raise ValueError(f"unknown alert metric(s) {sorted(unknown)}; valid: {sorted(ADVICE)}")
         self.alert_thresholds = dict(
             DEFAULT_ALERTS if alert_thresholds is None else alert_thresholds
         )
@@ -105,8 +127,49 @@ class FilterHealth(VisualizationCallback):
         self.stats_images = stats_images
         self.ncols = ncols
         self.above: dict[str, bool] = {}
+        self.initial: dict[str, torch.Tensor] = {}
+        self.initial_trunk: dict[str, torch.Tensor] = {}
+        self.start_epoch: int | None = None
+        self._start_gridding: float | None = None
         self._positive: dict[str, torch.Tensor] = {}
         self._counted: dict[str, int] = {}
+
+    # ---- the start -------------------------------------------------------------------------------
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.capture_start(network_of(pl_module), trainer.current_epoch)
+
+    def capture_start(self, model: nn.Module, epoch: int = 0) -> None:
+        """Keep the current weights as the start of every watched layer not yet holding one."""
+        for name in self.layers:
+            if name not in self.initial:
+                self.initial[name] = find_layer(model, name).weight.detach().cpu().clone()
+                self.start_epoch = epoch if self.start_epoch is None else self.start_epoch
+        trunk = self._trunk(model)
+        if trunk is not None and not self.initial_trunk:
+            self.initial_trunk = {
+                k: v.detach().cpu().clone() for k, v in trunk.state_dict().items()
+            }
+            self._start_gridding = None
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "above": dict(self.above),
+            "initial": dict(self.initial),
+            "initial_trunk": dict(self.initial_trunk),
+            "start_epoch": self.start_epoch,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.above = dict(state_dict.get("above", {}))
+        self.initial = dict(state_dict.get("initial", {}))
+        self.initial_trunk = dict(state_dict.get("initial_trunk", {}))
+        self.start_epoch = state_dict.get("start_epoch")
+        self._start_gridding = None
 
     # ---- streaming: never-positive channels over the validation loop -----------------------------
     @override
@@ -142,45 +205,78 @@ class FilterHealth(VisualizationCallback):
             positive = self._positive.get(name) if self.activation_stats else None
             if positive is not None:
                 positive = ctx.all_gather(positive[None]).sum(0)
-            report = filter_health(conv.weight, _stride(conv), positive=positive, **self.options)
+            stride, step = _stride(conv), self._step(model, name)
+            report = filter_health(
+                conv.weight,
+                stride,
+                step=step,
+                initial=self.initial.get(name),
+                positive=positive,
+                **self.options,
+            )
+            title = f"{name}: {len(report.rms)} filters {report.kernel}x{report.kernel}, stride {stride}"
             figures[f"{name}/filters"] = Figure(
-                filter_grid(conv.weight, report, self.ncols), _summary(name, conv, report)
+                filter_grid(conv.weight, report, title, self.ncols), _summary(name, report)
             )
             figures[f"{name}/spectra"] = Figure(
-                spectra_grid(conv.weight, _stride(conv), self.ncols),
-                f"{name} log power (40 dB), cyan: Nyquist square |f| <= 1/{2 * _stride(conv)}",
+                spectra_figure(conv.weight, stride, step, f"{name} spectra", self.ncols),
+                f"{name} power spectra in cycles per input pixel; cyan: Nyquist of stride {stride}",
             )
             scalars.update({f"{name}/{k}": v for k, v in report.scalars().items()})
-        if self.gridding_layer is not None and isinstance(
-            getattr(model, "features", None), nn.Sequential
-        ):
-            score, projections = self._gridding(model, probe)
-            scalars[f"{self.gridding_layer}/gridding"] = score
-            figures[f"{self.gridding_layer}/projections"] = Figure(
-                grid([_enlarged(symmetric_to_uint8(p), 128) for p in projections[:16]], ncols=8),
-                f"{self.gridding_layer} deconvnet projections, gridding {score:.3f}",
-            )
+        trunk = self._trunk(model)
+        if trunk is not None:
+            scalars.update(self._gridding_scalars(trunk, probe, figures))
         self._alert(scalars, ctx)
         return VizResult(figures=figures, scalars=scalars)
 
-    def _gridding(self, model: nn.Module, probe: Probe) -> tuple[float, torch.Tensor]:
-        """Mean gridding score of the projections of each probe image's strongest channels."""
-        trunk = model.features
-        end = resolve_layer(trunk, self.gridding_layer)
-        acts = trunk[: end + 1](probe.images.to(next(trunk.parameters()).dtype))
-        k = min(self.gridding_channels, acts.shape[1])
-        channels = acts.flatten(2).amax(2).topk(k, dim=1).indices.flatten()
-        images = probe.images.repeat_interleave(k, dim=0)
-        projections = Deconvnet(trunk).project(images, self.gridding_layer, channels)
-        stride = _stride(next(m for m in trunk.modules() if isinstance(m, nn.Conv2d)))
-        scores = gridding_scores(projections, stride)
-        active = projections.flatten(1).abs().amax(1) > 0
-        score = float(scores[active].mean()) if bool(active.any()) else 0.0
-        return score, projections
+    def _trunk(self, model: nn.Module) -> nn.Sequential | None:
+        """``model.features`` up to and including ``gridding_layer`` (None when off or absent)."""
+        features = getattr(model, "features", None)
+        if self.gridding_layer is None or not isinstance(features, nn.Sequential):
+            return None
+        return features[: resolve_layer(features, self.gridding_layer) + 1]
+
+    def _step(self, model: nn.Module, name: str) -> float:
+        """Input pixels between the taps of layer ``name``: the cumulative stride below it."""
+        features = getattr(model, "features", None)
+        if isinstance(features, nn.Sequential) and name in features._modules:
+            return receptive_field(features, name)[1] / _stride(features._modules[name])
+        return 1.0
+
+    def _gridding_scalars(
+        self, trunk: nn.Sequential, probe: Probe, figures: dict[str, Any]
+    ) -> dict[str, float]:
+        layer = self.gridding_layer
+        assert layer is not None
+        size, rf_stride, offset = receptive_field(trunk, layer)
+        period = int(rf_stride // _stride(trunk._modules[layer]))
+        score, crops = gridding_of(trunk, layer, probe.images, self.gridding_channels, period)
+        out = {f"{layer}/gridding": score}
+        if self.initial_trunk:
+            if self._start_gridding is None:
+                start = copy.deepcopy(trunk)
+                start.load_state_dict(self.initial_trunk)
+                self._start_gridding, _ = gridding_of(
+                    start, layer, probe.images, self.gridding_channels, period
+                )
+            out[f"{layer}/gridding_start"] = self._start_gridding
+            out[f"{layer}/gridding_rel"] = score / self._start_gridding
+        tiles = [_enlarged(symmetric_to_uint8(c), 96) for c in crops[:16]]
+        figures[f"{layer}/projections"] = Figure(
+            title_bar(
+                grid(tiles, ncols=8),
+                f"{layer} deconvnet projections, cropped to the {size} px receptive field",
+                f"Gridding = power at the harmonics of the {period} px cumulative stride over "
+                f"their neighbours (1 = none): {score:.2f} now"
+                + (f", {self._start_gridding:.2f} at the start." if self.initial_trunk else "."),
+            ),
+            f"{layer} projections, gridding {score:.2f}",
+        )
+        return out
 
     # ---- alerts ----------------------------------------------------------------------------------
     def _alert(self, scalars: dict[str, float], ctx: AnalysisContext) -> None:
-        """Warn once when a watched fraction rises above its threshold after the warm-up."""
+        """Warn once when a watched value rises above its threshold after the warm-up."""
         if ctx.epoch < self.warmup_epochs:
             return
         for key, value in scalars.items():
@@ -191,21 +287,31 @@ class FilterHealth(VisualizationCallback):
             if above and not self.above.get(key, False):
                 text = (
                     f"{self.name}/{key} = {value:.3f} exceeds {self.alert_thresholds[metric]} "
-                    f"at epoch {ctx.epoch}"
+                    f"at epoch {ctx.epoch}: {ADVICE[metric]}"
                 )
                 rank_zero_warn(text)
                 if ctx.rank == 0:
                     _wandb_alert(f"filter health: {key}", text)
             self.above[key] = above
 
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "above": dict(self.above)}
 
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self.above = dict(state_dict.get("above", {}))
+def gridding_of(
+    trunk: nn.Sequential, layer: str, images: torch.Tensor, channels: int, period: int
+) -> tuple[float, list[torch.Tensor]]:
+    """Median gridding ratio of the projections of each image's strongest ``channels`` of ``layer``
+    (each at its strongest position), cropped to that unit's receptive field; NaN if none fits."""
+    size, rf_stride, offset = receptive_field(trunk, layer)
+    acts = trunk(images.to(next(trunk.parameters()).dtype))
+    k = min(channels, acts.shape[1])
+    chosen = acts.flatten(2).amax(2).topk(k, dim=1).indices.flatten()
+    rows = torch.arange(images.shape[0]).repeat_interleave(k)
+    positions = acts.flatten(2)[rows, chosen].argmax(1)
+    projections = Deconvnet(trunk).project(images[rows], layer, chosen, positions)
+    w = acts.shape[-1]
+    top, left = offset + (positions // w) * rf_stride, offset + (positions % w) * rf_stride
+    crops = crop_windows(projections.float().cpu(), top.cpu(), left.cpu(), size, period)
+    ratios = [r for r in (gridding_ratio(c, period) for c in crops) if not math.isnan(r)]
+    return (float(np.median(ratios)) if ratios else math.nan), crops
 
 
 def find_layer(model: nn.Module, name: str) -> nn.Module:
@@ -218,60 +324,9 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
     return modules[name]
 
 
-def filter_grid(
-    weight: torch.Tensor, report: FilterReport, ncols: int = 12, tile: int = 40
-) -> np.ndarray:
-    """Every filter on the layer's shared symmetric scale (0 is gray), framed by its status colour.
-
-    RGB for 3 input channels; otherwise the input channel with the most energy, in gray.
-    """
-    w = weight.detach().float().cpu()
-    scale = float(w.abs().max()) or 1.0
-    if w.shape[1] != 3:
-        strongest = w.pow(2).sum((2, 3)).argmax(1)
-        w = w[torch.arange(w.shape[0]), strongest][:, None]
-    factor = max(1, round(tile / max(w.shape[-2:])))
-    statuses = report.status.tolist()
-    tiles = []
-    for f, s in zip(w, statuses):
-        img = to_uint8(f.permute(1, 2, 0).numpy(), -scale, scale)
-        img = resize(img, (img.shape[0] * factor, img.shape[1] * factor))
-        tiles.append(add_border(img, STATUS_COLOURS[STATUSES[s]], 3))
-    return grid(tiles, ncols)
-
-
-def spectra_grid(
-    weight: torch.Tensor,
-    stride: int,
-    ncols: int = 12,
-    n_fft: int = 32,
-    factor: int = 2,
-    range_db: float = 40.0,
-) -> np.ndarray:
-    """Each filter's log power spectrum (DC centred) on one shared scale, Nyquist square drawn."""
-    power = torch.fft.fftshift(power_spectra(weight, n_fft), dim=(-2, -1)).cpu()
-    logp = 10 * torch.log10(power.clamp_min(1e-30))
-    hi = float(logp.max())
-    half = n_fft // (2 * stride)
-    lo_px, hi_px = (n_fft // 2 - half) * factor, (n_fft // 2 + half + 1) * factor - 1
-    tiles = []
-    for p in logp:
-        img = resize(colormap(p, "magma", hi - range_db, hi), (n_fft * factor,) * 2).copy()
-        if stride > 1:
-            img[[lo_px, hi_px], lo_px : hi_px + 1] = NYQUIST_COLOUR
-            img[lo_px : hi_px + 1, [lo_px, hi_px]] = NYQUIST_COLOUR
-        tiles.append(img)
-    return grid(tiles, ncols)
-
-
-def _summary(name: str, conv: nn.Module, report: FilterReport) -> str:
-    k, n = report.kernel, len(report.rms)
-    counts = {s: int((report.status == i).sum()) for i, s in enumerate(STATUSES)}
-    text = ", ".join(f"{counts[s]} {s}" for s in STATUSES)
-    return (
-        f"{name} {n}x{k}x{k}/{_stride(conv)}: {text} (green ok, black dead, red aliased, "
-        f"orange duplicate)"
-    )
+def _summary(name: str, report: FilterReport) -> str:
+    counts = report.counts()
+    return f"{name}: " + ", ".join(f"{v} {k}" for k, v in counts.items())
 
 
 def _enlarged(img: np.ndarray, side: int) -> np.ndarray:

@@ -1,0 +1,150 @@
+"""Spatial frequency of conv filters and projections on ONE absolute axis: cycles per input pixel.
+
+A layer's taps are ``step`` input pixels apart (1 for conv1; the cumulative stride below it for a
+deeper layer), so its tap-grid frequency f is f / step cycles per input pixel. Band shares use
+fixed radial bands on that axis, the same for every layer and architecture; aliasing is the share
+of energy above the layer's own Nyquist frequency 1/(2 * stride) (per axis, in tap units), and is
+compared with white noise at the same stride, which a random start scores without learning
+anything. Gridding is a peak-to-neighbour ratio at the harmonics of a period, for deconvnet
+projections cropped to their receptive field.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+BANDS = ("low", "mid", "high")
+BAND_EDGES = (1 / 16, 1 / 4)  # cycles per input pixel: periods above 16 px, 4-16 px, below 4 px
+
+
+def power_spectra(weight: torch.Tensor, n_fft: int = 64) -> torch.Tensor:
+    """(C, n, n) power of each filter's zero-padded 2-D FFT, summed over input channels, in fp32.
+
+    Input channels go through the FFT in chunks of at most 2^23 complex values (64 MB), so a wide
+    layer (conv2 of the full-width net: 256 x 96 filters) stays cheap in memory.
+    """
+    if weight.dim() != 4:
+        raise ValueError(
+            f"expected a conv weight (C_out, C_in, k, k), got shape {tuple(weight.shape)}"
+        )
+    if n_fft < max(weight.shape[-2:]):
+        raise ValueError(f"n_fft={n_fft} is smaller than the kernel {tuple(weight.shape[-2:])}")
+    w = weight.detach().float()
+    chunk = max(1, (1 << 23) // (w.shape[0] * n_fft * n_fft))
+    power = w.new_zeros(w.shape[0], n_fft, n_fft)
+    for part in w.split(chunk, dim=1):
+        power += torch.fft.fft2(part, s=(n_fft, n_fft)).abs().pow(2).sum(1)
+    return power
+
+
+def frequency_grid(
+    n_fft: int, step: float = 1.0, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fy, fx), each (n, n): cycles per input pixel of every bin of an unshifted n-point 2-D FFT
+    of a filter whose taps are ``step`` input pixels apart."""
+    f = torch.fft.fftfreq(n_fft, device=device) / step
+    return f[:, None].expand(n_fft, n_fft), f[None, :].expand(n_fft, n_fft)
+
+
+def band_index(fy: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
+    """Band (0 low, 1 mid, 2 high) of each radial frequency; edges belong to the band above."""
+    radial = torch.sqrt(fy**2 + fx**2)
+    return (radial >= BAND_EDGES[0]).long() + (radial >= BAND_EDGES[1]).long()
+
+
+def _shares(power: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """(C, R) share of each spectrum's energy in each of R boolean (n, n) regions (0 if all-zero)."""
+    total = power.flatten(1).sum(1, keepdim=True)
+    inside = power.flatten(1) @ regions.flatten(1).T.to(power.dtype)
+    return torch.where(total > 0, inside / total.clamp_min(1e-30), torch.zeros_like(inside))
+
+
+def band_shares(
+    weight: torch.Tensor, step: float = 1.0, n_fft: int = 64, power: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(C, 3) share of each filter's energy in the low / mid / high bands (cycles per input pixel)."""
+    power = power_spectra(weight, n_fft) if power is None else power
+    band = band_index(*frequency_grid(power.shape[-1], step, power.device))
+    return _shares(power, torch.stack([band == b for b in range(len(BANDS))]))
+
+
+def nyquist_region(n_fft: int, stride: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(n, n) bool: bins above the Nyquist frequency of ``stride`` on either axis, in tap units."""
+    fy, fx = frequency_grid(n_fft, 1.0, device)
+    return torch.maximum(fy.abs(), fx.abs()) > 1.0 / (2 * stride)
+
+
+def aliasing_scores(
+    weight: torch.Tensor, stride: int, n_fft: int = 64, power: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(C,) share of each filter's energy above the layer's Nyquist frequency 1/(2 * stride).
+
+    Scale-invariant; white noise scores ``noise_aliasing(stride)`` (1 - 1/s^2 for large n).
+    """
+    power = power_spectra(weight, n_fft) if power is None else power
+    return _shares(power, nyquist_region(power.shape[-1], stride, power.device)[None])[:, 0]
+
+
+def noise_aliasing(stride: int, n_fft: int = 64) -> float:
+    """Expected aliasing score of a white-noise filter: the share of FFT bins above Nyquist."""
+    return float(nyquist_region(n_fft, stride).float().mean())
+
+
+def noise_band_shares(step: float = 1.0, n_fft: int = 64) -> torch.Tensor:
+    """(3,) expected band shares of a white-noise filter (flat spectrum: shares of bins)."""
+    band = band_index(*frequency_grid(n_fft, step))
+    return torch.stack([(band == b).float().mean() for b in range(len(BANDS))])
+
+
+def alias_excess(score: torch.Tensor | float, noise: float) -> torch.Tensor:
+    """(score - noise) / (1 - noise): 0 at white noise, 1 when all energy is above Nyquist,
+    negative below noise (a smooth filter). 0 where nothing can lie above Nyquist (stride 1)."""
+    score = torch.as_tensor(score, dtype=torch.float32)
+    if noise <= 0 or noise >= 1:
+        return torch.zeros_like(score)
+    return (score - noise) / (1 - noise)
+
+
+def crop_windows(
+    images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int, period: int
+) -> list[torch.Tensor]:
+    """Each image (N, C, H, W) cropped to its window [top, top+size) x [left, left+size) clipped to
+    the image, then trimmed to whole periods; windows under two periods on a side are dropped."""
+    crops = []
+    h, w = images.shape[-2:]
+    for img, t, lft in zip(images, top.tolist(), left.tolist()):
+        y0, y1 = max(0, t), min(h, t + size)
+        x0, x1 = max(0, lft), min(w, lft + size)
+        ny, nx = (y1 - y0) // period, (x1 - x0) // period
+        if ny >= 2 and nx >= 2:
+            crops.append(img[..., y0 : y0 + ny * period, x0 : x0 + nx * period])
+    return crops
+
+
+def gridding_ratio(image: torch.Tensor, period: int) -> float:
+    """Peak-to-neighbour power ratio at the harmonics (k/p, l/p) != 0 of period ``p`` in a (C, h, w)
+    image whose sides are whole periods: total power at the harmonics over the total of each
+    harmonic's mean power in its 8 neighbouring bins (DC excluded). A smooth or noisy image scores
+    about 1; a pattern repeating every ``p`` pixels scores far above 1. NaN for a constant image.
+    """
+    x = image.detach().double()
+    x = x[None] if x.dim() == 2 else x
+    h, w = x.shape[-2:]
+    if h % period or w % period or h < 2 * period or w < 2 * period:
+        raise ValueError(f"sides {h}x{w} must be whole periods of {period}, at least two")
+    x = x - x.mean(dim=(-2, -1), keepdim=True)
+    power = torch.fft.fft2(x).abs().pow(2).sum(0)
+    if float(power.sum()) <= 0:
+        return math.nan
+    power[0, 0] = float("nan")  # DC: never a neighbour
+    ks = torch.arange(period)
+    ii = (ks * (h // period))[:, None].expand(period, period).flatten()[1:]
+    jj = (ks * (w // period))[None, :].expand(period, period).flatten()[1:]
+    ring = torch.stack([power[(ii + a) % h, (jj + b) % w] for a, b in _RING], dim=1)
+    peak, neighbours = float(power[ii, jj].sum()), float(torch.nanmean(ring, dim=1).sum())
+    return peak / neighbours if neighbours > 0 else math.inf
+
+
+_RING = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1) if (a, b) != (0, 0)]
