@@ -21,6 +21,9 @@ from typing import Any
 from PIL import Image
 
 _EPOCH_PNG = re.compile(r"epoch_(\d+)\.png$")
+# rebuilt after every callback's output: what is unchanged on disk is not read again
+_SIZES: dict[Path, tuple[int, tuple[int, int]]] = {}
+_CONFIGS: dict[Path, tuple[int, list[list[str]]]] = {}
 _MARK = re.compile(r"/\*(STYLE|SCRIPT|DATA)\*/|<!--(FALLBACK|TITLE)-->")
 # (label, dotted config key) pairs shown in the header when the run's config.yaml has them
 CONFIG_SUMMARY = (
@@ -53,10 +56,26 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _png_size(path: Path) -> tuple[int, int]:
+    """A PNG's (width, height) from its header, remembered while the file is unchanged."""
+    stamp = path.stat().st_mtime_ns
+    if _SIZES.get(path, (None,))[0] != stamp:
+        with Image.open(path) as im:
+            _SIZES[path] = (stamp, im.size)
+    return _SIZES[path][1]
+
+
 def config_summary(path: Path) -> list[list[str]]:
     """``[label, value]`` pairs from the run's ``config.yaml`` (empty when there is none)."""
     if not path.exists():
         return []
+    stamp = path.stat().st_mtime_ns
+    if _CONFIGS.get(path, (None,))[0] != stamp:
+        _CONFIGS[path] = (stamp, _read_summary(path))
+    return _CONFIGS[path][1]
+
+
+def _read_summary(path: Path) -> list[list[str]]:
     from omegaconf import OmegaConf
 
     try:
@@ -79,8 +98,7 @@ def figure_frames(root: Path) -> dict[str, list[list[Any]]]:
         if not m:
             continue
         try:
-            with Image.open(png) as im:  # reads the header only
-                w, h = im.size
+            w, h = _png_size(png)
         except OSError:  # being written right now: the next rebuild shows it
             continue
         key = png.parent.relative_to(root).as_posix()
