@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from zflight.analysis.deconvnet import Deconvnet, receptive_field, resolve_layer
-from zflight.analysis.images import denormalize, resize, symmetric_to_uint8, to_uint8
+from zflight.analysis.images import contrast, denormalize, marked_tile, resize, to_uint8
 from zflight.analysis.topk import crop, unit_boxes
 from zflight.callbacks.deconv import DeconvTopK, FeatureEvolution, channel_count, seeded_channels
 from zflight.callbacks.results import Figure, Probe
@@ -114,7 +114,7 @@ def test_tiles_are_the_cropped_projection_and_patch_of_each_winner(setup):
             boxes = unit_boxes(where[c, index], width, field, (64, 64))
             assert boxes[0, 2] == 27
             for j in range(3):
-                assert np.array_equal(proj_tiles[f][j], symmetric_to_uint8(crop(proj, boxes)[j]))
+                assert np.array_equal(proj_tiles[f][j], contrast(crop(proj, boxes)[j]))
                 patch = denormalize(crop(winners, boxes)[j], MEAN, STD)
                 assert np.array_equal(patch_tiles[f][j], to_uint8(patch, 0.0, 1.0))
 
@@ -141,9 +141,12 @@ def test_analyze_draws_one_figure_per_layer_and_counts_silent_features(setup):
     with torch.no_grad():
         top = every.mined(model, probe, FakeContext())["conv1"]
         proj, patches = every.crops(model, "conv1", top, probe)
+    silent = marked_tile(proj[0][0].shape[:2], "silent")
     for c in range(n_conv1):
-        gray = all((t == 128).all() for t in proj[c] + patches[c])
-        assert gray == (c in (0, 3))
+        marked = all(np.array_equal(t, silent) for t in proj[c] + patches[c])
+        assert marked == (c in (0, 3))
+    assert "2 silent" not in fig.caption  # the drawn features were chosen at random
+    assert fig.caption.startswith("conv1: top 9 activations of 4 features")
 
 
 def test_most_active_uses_the_probe_then_the_previous_epoch(setup):
@@ -220,16 +223,15 @@ def test_evolution_appends_a_column_per_epoch_and_survives_resume(setup):
         i = int(best[c].argmax())
         with torch.no_grad():
             proj = Deconvnet(model.features).project(images[i : i + 1], "conv1", torch.tensor([c]))
-        tile = symmetric_to_uint8(
-            crop(proj, unit_boxes(where[c, i : i + 1], width, field, (64, 64)))[0]
-        )
+        tile = contrast(crop(proj, unit_boxes(where[c, i : i + 1], width, field, (64, 64)))[0])
         assert np.array_equal(cb.strips["conv1"][2][row].numpy(), resize(tile, (14, 14)))
     restored = FeatureEvolution(layers=["conv1", "conv4"], tile=8, strict=True)
     restored.load_state_dict(cb.state_dict())
     assert restored.channels == cb.channels
     _stream(restored, model, images)
     with torch.no_grad():
-        wider = restored.analyze(model, probe, FakeContext(epoch=5)).figures["conv1"].image
+        later = restored.analyze(model, probe, FakeContext(epoch=5)).figures["conv1"]
     assert sorted(restored.strips["conv1"]) == [0, 2, 5]
     assert torch.equal(restored.strips["conv1"][0], cb.strips["conv1"][0])
-    assert wider.shape[0] == strip.shape[0] and wider.shape[1] > strip.shape[1]
+    assert later.image.shape[0] == strip.shape[0] and "up to epoch 5" in later.caption
+    assert not np.array_equal(later.image, strip)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from zflight.analysis.images import (
     SILENT_GRAY,
     colorbar,
     colormap,
+    contrast,
     flag,
     fmt,
     fmt_percent,
@@ -17,6 +19,7 @@ from zflight.analysis.images import (
     legend,
     marked_tile,
     resize,
+    to_uint8,
     with_colorbar,
 )
 
@@ -91,3 +94,23 @@ def test_legend_rows_carry_their_swatch_colour():
     assert np.array_equal(out[1 + 7, 7], [255, 0, 0]) and np.array_equal(
         out[15 + 7, 7], [0, 0, 255]
     )
+
+
+def test_contrast_maps_a_projection_with_known_extremes_to_the_full_range():
+    ramp = torch.linspace(-0.02, 0.005, 3 * 10 * 10).view(3, 10, 10)  # small, mostly negative
+    out = contrast(ramp, clip=0.0)
+    assert out.min() == 0 and out.max() == 255
+    assert out[0, 0, 0] == 0 and out[-1, -1, 2] == 255  # min at the first value, max at the last
+    # channel 1, row 5, column 0 is value 150 of 300: 150/299 of the way from min to max
+    assert abs(int(out[5, 0, 1]) - 255 * 150 / 299) <= 1
+
+
+def test_contrast_is_per_tile_and_robust_to_a_few_outliers():
+    g = torch.Generator().manual_seed(0)
+    faint = torch.randn(3, 16, 16, generator=g) * 1e-3
+    faint[0, 0, 0] = 1.0  # one extreme pixel
+    out = contrast(faint)  # clip 0.5% at each end
+    assert out.max() == 255 and out.min() == 0
+    assert out.std() > 40  # the rest spans the range instead of sitting at one grey
+    flat = to_uint8(faint)  # plain min/max: the outlier squeezes everything else together
+    assert flat.std() < 10

@@ -44,6 +44,22 @@ def to_uint8(x: torch.Tensor | Array, lo: float | None = None, hi: float | None 
     return (np.clip(scaled, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+def contrast(x: torch.Tensor | Array, clip: float = 0.005) -> Array:
+    """One picture (a deconvnet projection) contrast-normalised on its own, as the paper shows
+    them: its values from the ``clip`` to the ``1 - clip`` quantile (over all channels) span 0 to
+    255, so a few extreme pixels do not leave the rest gray; the minimum maps to 0 and the
+    maximum to 255."""
+    a = (
+        x.detach().float().cpu().numpy()
+        if isinstance(x, torch.Tensor)
+        else np.asarray(x, np.float32)
+    )
+    lo, hi = np.quantile(a, [clip, 1 - clip]) if clip > 0 else (a.min(), a.max())
+    if hi <= lo:
+        lo, hi = float(a.min()), float(a.max())
+    return to_uint8(a, float(lo), float(hi))
+
+
 def symmetric_to_uint8(x: torch.Tensor | Array) -> Array:
     """Signed data (filters, projections) on a scale centred at zero, so 0 is mid-gray."""
     a = (
@@ -249,6 +265,17 @@ def marked_tile(size: tuple[int, int], text: str = "silent") -> Array:
     draw = ImageDraw.Draw(canvas)
     draw.rectangle((x0 - 2, y0 - 1, x0 + tw + 1, y0 + s + 2), fill=(255, 255, 255))
     draw.text((x0, y0), text, fill=(90, 90, 90), font=font(s))
+    return np.asarray(canvas)
+
+
+def text_tile(text: str, size: tuple[int, int], font_size: int = 11) -> Array:
+    """White (height, width) tile with ``text`` centred: row and column labels of a grid."""
+    h, w = size
+    canvas = Image.new("RGB", (max(w, text_width(text, font_size) + 4), h), (255, 255, 255))
+    x = (canvas.width - text_width(text, font_size)) // 2
+    ImageDraw.Draw(canvas).text(
+        (x, (h - font_size) // 2 - 1), text, fill=(0, 0, 0), font=font(font_size)
+    )
     return np.asarray(canvas)
 
 
