@@ -171,7 +171,9 @@ def test_invariance_scalars_are_the_areas_of_the_curves(model):
     result = run(cb, model, probe)
     assert set(result.figures) == {"curves", "examples"}
     for fig in result.figures.values():
-        assert_picture(fig)
+        assert_picture(fig.image)
+    assert "conv1, fc7 features" in result.figures["curves"].caption
+    assert "translate, rotate" in result.figures["examples"].caption
     model.eval()
     layers = {"conv1": model.features.conv1, "fc7": model.classifier.fc7}
     curves = invariance_curves(model, probe.images[:2], probe.labels[:2], layers, cb.transforms)
@@ -182,7 +184,7 @@ def test_invariance_scalars_are_the_areas_of_the_curves(model):
         expected[f"{c.kind}/p_true_auc"] = c.area(c.p_true).mean().item()
     assert result.scalars == pytest.approx(expected, rel=1e-5)
     assert result.scalars["translate/conv1_auc"] > 0.1
-    assert result.figures["examples"].shape[1] > 5 * 64  # 5 values per row
+    assert result.figures["examples"].image.shape[1] > 5 * 64  # 5 values per row
 
 
 def test_invariance_plot_has_a_panel_per_layer_and_transform(model):

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from zflight.analysis.images import caption, denormalize, grid, to_uint8
+from zflight.analysis.images import caption, denormalize, grid, title_bar, to_uint8, vstack
 from zflight.analysis.invariance import InvarianceCurve, invariance_curves, transform_images
 from zflight.callbacks.base import AnalysisContext, VisualizationCallback
-from zflight.callbacks.results import Probe, VizResult
+from zflight.callbacks.results import Figure, Probe, VizResult
 
 _XLABELS = {
     "translate": "vertical shift (fraction of height)",
@@ -26,9 +26,9 @@ class Invariance(VisualizationCallback):
     """Translate (vertically), scale and rotate a few probe images; plot per transformation the
     normalised distance of each layer's feature vector from the original's, and P(true class).
 
-    Figures: ``curves`` (columns: transformations; top: distances, a colour per layer and a
-    line per image; bottom: P(true), a line per image) and ``examples`` (the first probe image
-    under every transform value). Scalars ``<transform>/<layer>_auc`` and
+    Figures, titled and captioned: ``curves`` (columns: transformations; top: distances, a
+    colour per layer and a line per image; bottom: P(true), a line per image, legends on the
+    right) and ``examples`` (the first probe image under every transform value). Scalars ``<transform>/<layer>_auc`` and
     ``<transform>/p_true_auc``: the area under each curve with the values rescaled to [0, 1],
     i.e. its mean height, averaged over the images. The defaults (4 images, 3 x 9 values)
     cost about 0.7 CPU-seconds per call at 64 px, most of it drawing the plot.
@@ -85,7 +85,28 @@ class Invariance(VisualizationCallback):
             probe.class_names[int(t)] if int(t) < len(probe.class_names) else str(int(t))
             for t in labels
         ]
-        figures = {"curves": plot_curves(curves, names), "examples": self._examples(probe)}
+        layers = ", ".join(self.layers)
+        kinds = ", ".join(self.transforms)
+        curves_text = (
+            f"Invariance at epoch {ctx.epoch} of {len(names)} probe images ({', '.join(names)}) "
+            f"under {kinds}: top, the distance of the {layers} features from the untransformed "
+            "image's, relative to its size (a colour per layer, a line per image); bottom, "
+            "p(true class) (a line per image)."
+        )
+        examples_text = (
+            f"The first probe image ({names[0]}) under each transformation value used for the "
+            "invariance curves (rows: " + kinds + ")."
+        )
+        figures = {
+            "curves": Figure(
+                title_bar(plot_curves(curves, names), f"Invariance, epoch {ctx.epoch}"),
+                curves_text,
+            ),
+            "examples": Figure(
+                title_bar(self._examples(probe), "Transformations of the first probe image"),
+                examples_text,
+            ),
+        }
         return VizResult(figures=figures, scalars=scalars)
 
     def _examples(self, probe: Probe) -> np.ndarray:
@@ -93,14 +114,9 @@ class Invariance(VisualizationCallback):
         for kind, values in self.transforms.items():
             moved = transform_images(probe.images[:1], kind, values)[:, 0]
             pics = denormalize(moved.float(), probe.mean, probe.std)
-            rows.append(
-                grid(
-                    [caption(to_uint8(p, 0.0, 1.0), f"{v:g}") for p, v in zip(pics, values)],
-                    ncols=len(values),
-                    pad=1,
-                )
-            )
-        return grid(rows, ncols=1, pad=2)
+            tiles = [caption(to_uint8(p, 0.0, 1.0), f"{v:g}") for p, v in zip(pics, values)]
+            rows.append(caption(grid(tiles, ncols=len(values), pad=1), _XLABELS.get(kind, kind)))
+        return vstack(rows, pad=2)
 
 
 def plot_curves(
