@@ -18,8 +18,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from zflight.analysis.filters import DEAD, OK, UNTRAINED, filter_health, filter_rms
+from zflight.callbacks import filter_alerts as fa
 from zflight.callbacks import filter_figures as ff
-from zflight.callbacks import filter_health as fh
 from zflight.callbacks.filter_figures import STATUS_COLOURS, filter_tiles
 from zflight.callbacks.filter_health import FilterHealth
 from zflight.callbacks.renorm import FilterRenorm, renormalize_filters
@@ -224,7 +224,7 @@ def healthy_and_bad_layers(model: nn.Module) -> None:
 
 def test_alerts_stay_silent_on_a_healthy_layer_and_fire_after_warmup_on_a_bad_one(monkeypatch):
     sent: list[str] = []
-    monkeypatch.setattr(fh, "_wandb_alert", lambda title, text: sent.append(title))
+    monkeypatch.setattr(fa, "wandb_alert", lambda title, text: sent.append(title))
     model = tiny_zfnet()
     cb = FilterHealth(layers=["conv1", "conv2"], warmup_epochs=2)
     cb.capture_start(model)
@@ -309,13 +309,13 @@ def test_wandb_alert_only_for_an_online_run_and_never_raises(monkeypatch):
     for offline, expected in ((True, []), (False, [("t", "x")])):
         run = FakeRun(offline)
         monkeypatch.setattr(wandb, "run", run)
-        fh._wandb_alert("t", "x")
+        fa.wandb_alert("t", "x")
         assert run.sent == expected
     monkeypatch.setattr(wandb, "run", FakeRun(False, fail=True))
     with pytest.warns(UserWarning, match="could not send a W&B alert"):
-        fh._wandb_alert("t", "x")
+        fa.wandb_alert("t", "x")
     monkeypatch.setattr(wandb, "run", None)
-    fh._wandb_alert("t", "x")  # no run at all: nothing to do
+    fa.wandb_alert("t", "x")  # no run at all: nothing to do
 
 
 # ---- FilterHealth in a validation loop: activation statistics ------------------------------------

@@ -11,8 +11,6 @@ projections cropped to their receptive field.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 BANDS = ("low", "mid", "high")
@@ -105,46 +103,3 @@ def alias_excess(score: torch.Tensor | float, noise: float) -> torch.Tensor:
     if noise <= 0 or noise >= 1:
         return torch.zeros_like(score)
     return (score - noise) / (1 - noise)
-
-
-def crop_windows(
-    images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int, period: int
-) -> list[torch.Tensor]:
-    """Each image (N, C, H, W) cropped to its window [top, top+size) x [left, left+size) clipped to
-    the image, then trimmed to whole periods; windows under two periods on a side are dropped."""
-    crops = []
-    h, w = images.shape[-2:]
-    for img, t, lft in zip(images, top.tolist(), left.tolist()):
-        y0, y1 = max(0, t), min(h, t + size)
-        x0, x1 = max(0, lft), min(w, lft + size)
-        ny, nx = (y1 - y0) // period, (x1 - x0) // period
-        if ny >= 2 and nx >= 2:
-            crops.append(img[..., y0 : y0 + ny * period, x0 : x0 + nx * period])
-    return crops
-
-
-def gridding_ratio(image: torch.Tensor, period: int) -> float:
-    """Peak-to-neighbour power ratio at the harmonics (k/p, l/p) != 0 of period ``p`` in a (C, h, w)
-    image whose sides are whole periods: total power at the harmonics over the total of each
-    harmonic's mean power in its 8 neighbouring bins (DC excluded). A smooth or noisy image scores
-    about 1; a pattern repeating every ``p`` pixels scores far above 1. NaN for a constant image.
-    """
-    x = image.detach().double()
-    x = x[None] if x.dim() == 2 else x
-    h, w = x.shape[-2:]
-    if h % period or w % period or h < 2 * period or w < 2 * period:
-        raise ValueError(f"sides {h}x{w} must be whole periods of {period}, at least two")
-    x = x - x.mean(dim=(-2, -1), keepdim=True)
-    power = torch.fft.fft2(x).abs().pow(2).sum(0)
-    if float(power.sum()) <= 0:
-        return math.nan
-    power[0, 0] = float("nan")  # DC: never a neighbour
-    ks = torch.arange(period)
-    ii = (ks * (h // period))[:, None].expand(period, period).flatten()[1:]
-    jj = (ks * (w // period))[None, :].expand(period, period).flatten()[1:]
-    ring = torch.stack([power[(ii + a) % h, (jj + b) % w] for a, b in _RING], dim=1)
-    peak, neighbours = float(power[ii, jj].sum()), float(torch.nanmean(ring, dim=1).sum())
-    return peak / neighbours if neighbours > 0 else math.inf
-
-
-_RING = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1) if (a, b) != (0, 0)]

@@ -6,41 +6,23 @@ says what to try when a layer is truly unhealthy after warm-up."""
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from zflight.analysis.deconvnet import Deconvnet, receptive_field, resolve_layer
+from zflight.analysis.deconvnet import receptive_field, resolve_layer
 from zflight.analysis.filters import FilterReport, filter_health, positive_counts
+from zflight.analysis.gridding import gridding_of
 from zflight.analysis.images import grid, resize, symmetric_to_uint8, title_bar
-from zflight.analysis.spectrum import crop_windows, gridding_ratio
 from zflight.callbacks.base import AnalysisContext, VisualizationCallback, network_of
+from zflight.callbacks.filter_alerts import ADVICE, DEFAULT_ALERTS, raise_alerts
 from zflight.callbacks.filter_figures import filter_grid, spectra_figure
 from zflight.callbacks.results import Figure, Probe, VizResult
-
-# metric -> (fraction or ratio above which a layer is unhealthy, what to try)
-DEFAULT_ALERTS: dict[str, float] = {
-    "dead": 0.25,
-    "aliased": 0.25,
-    "untrained": 0.5,
-    "gridding_rel": 1.5,
-}
-ADVICE = {
-    "dead": "lower the learning rate, clip filter RMS (callbacks.renorm) or start conv1 smaller "
-    "(model.conv1_std)",
-    "aliased": "use a smaller first-layer stride and kernel (model.name=zfnet) or clip filter RMS "
-    "(callbacks.renorm)",
-    "untrained": "train longer or raise the learning rate; these filters have not left their start",
-    "gridding_rel": "layer-2 projections grid more than at the start: a smaller conv1 stride "
-    "(model.name=zfnet) removes the grid",
-}
 
 
 class FilterHealth(VisualizationCallback):
@@ -277,41 +259,8 @@ class FilterHealth(VisualizationCallback):
     # ---- alerts ----------------------------------------------------------------------------------
     def _alert(self, scalars: dict[str, float], ctx: AnalysisContext) -> None:
         """Warn once when a watched value rises above its threshold after the warm-up."""
-        if ctx.epoch < self.warmup_epochs:
-            return
-        for key, value in scalars.items():
-            metric = key.rsplit("/", 1)[-1]
-            if metric not in self.alert_thresholds:
-                continue
-            above = value > self.alert_thresholds[metric]
-            if above and not self.above.get(key, False):
-                text = (
-                    f"{self.name}/{key} = {value:.3f} exceeds {self.alert_thresholds[metric]} "
-                    f"at epoch {ctx.epoch}: {ADVICE[metric]}"
-                )
-                rank_zero_warn(text)
-                if ctx.rank == 0:
-                    _wandb_alert(f"filter health: {key}", text)
-            self.above[key] = above
-
-
-def gridding_of(
-    trunk: nn.Sequential, layer: str, images: torch.Tensor, channels: int, period: int
-) -> tuple[float, list[torch.Tensor]]:
-    """Median gridding ratio of the projections of each image's strongest ``channels`` of ``layer``
-    (each at its strongest position), cropped to that unit's receptive field; NaN if none fits."""
-    size, rf_stride, offset = receptive_field(trunk, layer)
-    acts = trunk(images.to(next(trunk.parameters()).dtype))
-    k = min(channels, acts.shape[1])
-    chosen = acts.flatten(2).amax(2).topk(k, dim=1).indices.flatten()
-    rows = torch.arange(images.shape[0]).repeat_interleave(k)
-    positions = acts.flatten(2)[rows, chosen].argmax(1)
-    projections = Deconvnet(trunk).project(images[rows], layer, chosen, positions)
-    w = acts.shape[-1]
-    top, left = offset + (positions // w) * rf_stride, offset + (positions % w) * rf_stride
-    crops = crop_windows(projections.float().cpu(), top.cpu(), left.cpu(), size, period)
-    ratios = [r for r in (gridding_ratio(c, period) for c in crops) if not math.isnan(r)]
-    return (float(np.median(ratios)) if ratios else math.nan), crops
+        if ctx.epoch >= self.warmup_epochs:
+            raise_alerts(self.name, scalars, self.alert_thresholds, self.above, ctx.epoch, ctx.rank)
 
 
 def find_layer(model: nn.Module, name: str) -> nn.Module:
@@ -337,15 +286,3 @@ def _enlarged(img: np.ndarray, side: int) -> np.ndarray:
 def _stride(conv: nn.Module) -> int:
     s = conv.stride
     return int(s[0] if isinstance(s, tuple) else s)
-
-
-def _wandb_alert(title: str, text: str) -> None:
-    """A W&B alert when a run is online; never raises (offline, disabled or no wandb: nothing)."""
-    try:
-        import wandb
-
-        run = wandb.run
-        if run is not None and not run.offline and not run.disabled:
-            run.alert(title=title, text=text)
-    except Exception as exc:
-        rank_zero_warn(f"could not send a W&B alert: {exc!r}")

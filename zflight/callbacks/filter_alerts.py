@@ -1,0 +1,66 @@
+"""Filter-health alerts: one warning per crossing, after warm-up, saying what to try."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from lightning.pytorch.utilities import rank_zero_warn
+
+# metric -> (fraction or ratio above which a layer is unhealthy, what to try)
+DEFAULT_ALERTS: dict[str, float] = {
+    "dead": 0.25,
+    "aliased": 0.25,
+    "untrained": 0.5,
+    "gridding_rel": 1.5,
+}
+ADVICE = {
+    "dead": "lower the learning rate, clip filter RMS (callbacks.renorm) or start conv1 smaller "
+    "(model.conv1_std)",
+    "aliased": "use a smaller first-layer stride and kernel (model.name=zfnet) or clip filter RMS "
+    "(callbacks.renorm)",
+    "untrained": "train longer or raise the learning rate; these filters have not left their start",
+    "gridding_rel": "layer-2 projections grid more than at the start: a smaller conv1 stride "
+    "(model.name=zfnet) removes the grid",
+}
+
+
+def raise_alerts(
+    prefix: str,
+    scalars: Mapping[str, float],
+    thresholds: Mapping[str, float],
+    above: dict[str, bool],
+    epoch: int,
+    rank: int,
+) -> list[str]:
+    """Warn (rank zero, and a W&B alert from rank 0) for each ``<layer>/<metric>`` scalar that
+    rises above its metric's threshold; ``above`` remembers which are above, so a value that stays
+    above warns once. Returns the texts of the warnings raised."""
+    texts = []
+    for key, value in scalars.items():
+        metric = key.rsplit("/", 1)[-1]
+        if metric not in thresholds:
+            continue
+        is_above = value > thresholds[metric]
+        if is_above and not above.get(key, False):
+            text = (
+                f"{prefix}/{key} = {value:.3f} exceeds {thresholds[metric]} at epoch {epoch}: "
+                f"{ADVICE[metric]}"
+            )
+            rank_zero_warn(text)
+            if rank == 0:
+                wandb_alert(f"filter health: {key}", text)
+            texts.append(text)
+        above[key] = is_above
+    return texts
+
+
+def wandb_alert(title: str, text: str) -> None:
+    """A W&B alert when a run is online; never raises (offline, disabled or no wandb: nothing)."""
+    try:
+        import wandb
+
+        run = wandb.run
+        if run is not None and not run.offline and not run.disabled:
+            run.alert(title=title, text=text)
+    except Exception as exc:
+        rank_zero_warn(f"could not send a W&B alert: {exc!r}")
