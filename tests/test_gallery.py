@@ -81,10 +81,12 @@ def test_gallery_data_comes_from_disk(tmp_path):
     assert data["run"] == "run"
     assert ["model", "zfnet"] in data["config"] and ["epochs", "3"] in data["config"]
     assert data["figures"]["cb/small"] == [
-        [e, f"cb/small/epoch_{e:04d}.png", 60, 40] for e in range(3)
+        [e, f"cb/small/epoch_{e:04d}.png", 60, 40, ""] for e in range(3)
     ]
+    # a single captioned figure is stored as it is, its caption in the PNG's Description
+    assert data["figures"]["cb/wide"][-1][2:] == [1000, 200, "a wide one"]
     for frames in data["figures"].values():  # sizes as on disk (the page reserves the space)
-        assert all(Image.open(viz / path).size == (w, h) for _, path, w, h in frames)
+        assert all(Image.open(viz / path).size == (w, h) for _, path, w, h, _ in frames)
     assert data["scalars"]["cb/flaky"] == [[0, 0.0], [1, None], [2, 2.0]]
     assert [m["epoch"] for m in data["metrics"]] == [0, 1, 2]
     page = (viz / "index.html").read_text()
@@ -100,6 +102,7 @@ def test_page_cards_epoch_control_and_charts_in_chromium(tmp_path):
     assert found, "the page's script did not run: " + dom[:500]
     check = json.loads(html.unescape(found.group(1)))
     assert check["keys"] == ["cb/small", "cb/wide"]
+    assert check["captions"] == ["", "a wide one"]
     steps = [(name, src) for name, src, _ in check["stepped"]["steps"]]
     assert steps == [
         ("latest", "cb/small/epoch_0002.png"),

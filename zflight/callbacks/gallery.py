@@ -22,7 +22,7 @@ from PIL import Image
 
 _EPOCH_PNG = re.compile(r"epoch_(\d+)\.png$")
 # rebuilt after every callback's output: what is unchanged on disk is not read again
-_SIZES: dict[Path, tuple[int, tuple[int, int]]] = {}
+_HEADERS: dict[Path, tuple[int, tuple[int, int, str]]] = {}
 _CONFIGS: dict[Path, tuple[int, list[list[str]]]] = {}
 _MARK = re.compile(r"/\*(STYLE|SCRIPT|DATA)\*/|<!--(FALLBACK|TITLE)-->")
 # (label, dotted config key) pairs shown in the header when the run's config.yaml has them
@@ -56,13 +56,14 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _png_size(path: Path) -> tuple[int, int]:
-    """A PNG's (width, height) from its header, remembered while the file is unchanged."""
+def _png_header(path: Path) -> tuple[int, int, str]:
+    """A PNG's width, height and ``Description`` (its caption) from the chunks before its pixels,
+    remembered while the file is unchanged."""
     stamp = path.stat().st_mtime_ns
-    if _SIZES.get(path, (None,))[0] != stamp:
+    if _HEADERS.get(path, (None,))[0] != stamp:
         with Image.open(path) as im:
-            _SIZES[path] = (stamp, im.size)
-    return _SIZES[path][1]
+            _HEADERS[path] = (stamp, (*im.size, str(im.info.get("Description", ""))))
+    return _HEADERS[path][1]
 
 
 def config_summary(path: Path) -> list[list[str]]:
@@ -91,18 +92,20 @@ def _read_summary(path: Path) -> list[list[str]]:
 
 
 def figure_frames(root: Path) -> dict[str, list[list[Any]]]:
-    """``key -> [[epoch, relative path, width, height], ...]`` by epoch for every PNG under ``root``."""
+    """``key -> [[epoch, relative path, width, height, caption], ...]`` by epoch for every PNG."""
     frames: dict[str, list[list[Any]]] = {}
     for png in sorted(root.rglob("epoch_*.png")):
         m = _EPOCH_PNG.search(png.name)
         if not m:
             continue
         try:
-            w, h = _png_size(png)
+            w, h, text = _png_header(png)
         except OSError:  # being written right now: the next rebuild shows it
             continue
         key = png.parent.relative_to(root).as_posix()
-        frames.setdefault(key, []).append([int(m.group(1)), png.relative_to(root).as_posix(), w, h])
+        frames.setdefault(key, []).append(
+            [int(m.group(1)), png.relative_to(root).as_posix(), w, h, text]
+        )
     return {k: sorted(v) for k, v in sorted(frames.items())}
 
 
@@ -143,7 +146,7 @@ def render(data: dict[str, Any]) -> str:
     payload = json.dumps(data, allow_nan=False, separators=(",", ":")).replace("</", "<\\/")
     fallback = "".join(
         f"<li>{html.escape(key)}: "
-        + ", ".join(f'<a href="{html.escape(p)}">epoch {e}</a>' for e, p, _, _ in frames)
+        + ", ".join(f'<a href="{html.escape(p)}">epoch {e}</a>' for e, p, *_ in frames)
         + "</li>"
         for key, frames in data["figures"].items()
     )

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from zflight.analysis.images import caption, grid
 from zflight.callbacks.gallery import write_gallery
@@ -52,12 +53,25 @@ def as_figures(value: Any) -> list[Figure]:
 
 
 def compose(figs: list[Figure]) -> np.ndarray:
-    """One picture for a list of figures: captioned tiles, wide panels stacked, small ones in a grid."""
-    if len(figs) == 1 and not figs[0].caption:
+    """One picture for a list of figures: captioned tiles, wide panels stacked, small ones in a grid.
+
+    A single figure is its image as it is: its caption travels beside it (``png_caption``), shown
+    as text by the gallery and W&B, not drawn over a figure that has its own title.
+    """
+    if len(figs) == 1:
         return figs[0].image
     tiles = [caption(f.image, f.caption) if f.caption else f.image for f in figs]
     wide = tiles[0].shape[1] > 2 * tiles[0].shape[0]
     return grid(tiles, ncols=1 if wide else math.ceil(math.sqrt(len(tiles))), pad=4)
+
+
+def png_caption(figs: list[Figure]) -> PngInfo | None:
+    """A single figure's caption as the PNG's ``Description`` text (the gallery shows it)."""
+    if len(figs) != 1 or not figs[0].caption:
+        return None
+    info = PngInfo()
+    info.add_itxt("Description", figs[0].caption)  # UTF-8
+    return info
 
 
 Finish = Callable[[], None]
@@ -202,7 +216,7 @@ def write_outputs(
         for key, figs in figures.items():
             path = root / name / key / f"epoch_{epoch:04d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(compose(figs)).save(path, compress_level=1)
+            Image.fromarray(compose(figs)).save(path, compress_level=1, pnginfo=png_caption(figs))
             finishes += _log_images(loggers, f"{name}/{key}", figs, epoch, step)
         for key, table in tables.items():
             finishes += _log_table(loggers, f"{name}/{key}", table, epoch, step)

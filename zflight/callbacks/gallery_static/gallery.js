@@ -40,8 +40,9 @@
     const m = { l: 46, r: 10, t: 8, b: 24 };
     const finite = series.flatMap((s) => s.points.filter((p) => p[1] !== null && isFinite(p[1])));
     const latest = series.length === 1 && finite.length ? fmt(series[0].points.at(-1)[1]) : "";
+    const legend = el("span", { class: "legend" });
     const fig = el("figure", { class: "chart", "data-key": title },
-      el("figcaption", {}, el("span", { text: title }), el("b", { text: latest })));
+      el("figcaption", {}, el("span", { text: title }), legend, el("b", { text: latest })));
     const svg = svgEl("svg", { class: "chart-svg", width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title });
     fig.append(svg);
     const epochs = series.flatMap((s) => s.points.map((p) => p[0]));
@@ -85,8 +86,7 @@
         svg.append(dot);
       }
       svg.insertBefore(svgEl("path", { class: "series", d: d.trim(), stroke: colour }), svg.querySelector("circle"));
-      if (series.length > 1)
-        svg.append(svgEl("text", { x: W - m.r - 80 * (series.length - 1 - k), y: m.t + 10, "text-anchor": "end", style: `fill:${colour}` }, s.name));
+      if (series.length > 1) legend.append(el("span", { style: `color:${colour}`, text: "● " + s.name }));
     });
     return fig;
   }
@@ -116,11 +116,12 @@
     const node = el("section", { class: "card", id: "card-" + key, "data-key": key });
     const img = el("img", { loading: "lazy", decoding: "async", alt: key });
     const link = el("a", { class: "frame", title: "open at full size" }, img);
+    const caption = el("p", { class: "caption" });
     const prev = el("button", { type: "button", class: "prev", title: "previous epoch (←)", text: "◀" });
     const next = el("button", { type: "button", class: "next", title: "next epoch (→)", text: "▶" });
     const range = el("input", { type: "range", min: 0, max: frames.length - 1, step: 1, "aria-label": key + " epoch" });
     const label = el("span", { class: "epoch" });
-    node.append(el("h3", { text: key }), link, el("div", { class: "controls", tabindex: 0 }, prev, range, next, label));
+    node.append(el("h3", { text: key }), link, caption, el("div", { class: "controls", tabindex: 0 }, prev, range, next, label));
     const widest = Math.max(...frames.map((f) => f[2]));
     if (widest > 900) node.classList.add("wide");
     let index = -1;
@@ -128,7 +129,7 @@
       i = Math.max(0, Math.min(frames.length - 1, i));
       if (i === index) return;
       index = i;
-      const [epoch, path, w, h] = frames[i];
+      const [epoch, path, w, h, text] = frames[i];
       const scale = w < 320 ? 2 : 1;  // small pictures at twice their size, pixels kept sharp
       img.width = w * scale;
       img.height = h * scale;
@@ -138,6 +139,7 @@
       range.value = i;
       node.dataset.epoch = epoch;
       label.textContent = `epoch ${epoch} (${i + 1} of ${frames.length})`;
+      caption.textContent = text || "";
       prev.disabled = i === 0;
       next.disabled = i === frames.length - 1;
     }
@@ -202,6 +204,7 @@
   // ``#selftest``: drive the page as a user would and write what happened into the DOM (for tests).
   function selftest(builtMs) {
     const out = { cards: cards.length, keys: cards.map((c) => c.dataset.key), built_ms: builtMs };
+    out.captions = cards.map((c) => c.querySelector("p.caption").textContent);
     const multi = cards.find((c) => Number(c.querySelector("input[type=range]").max) > 0);
     if (multi) {
       const img = multi.querySelector("img");
