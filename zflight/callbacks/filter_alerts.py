@@ -6,11 +6,13 @@ from collections.abc import Mapping
 
 from lightning.pytorch.utilities import rank_zero_warn
 
-# metric -> (fraction or ratio above which a layer is unhealthy, what to try)
+# metric, or <layer>/<metric> for one layer -> value above which it is unhealthy. Untrained is
+# watched in conv1 only: deeper layers of a network that learns well often stay near their random
+# start (their fraction is reported, not alerted).
 DEFAULT_ALERTS: dict[str, float] = {
     "dead": 0.25,
     "aliased": 0.25,
-    "untrained": 0.5,
+    "conv1/untrained": 0.5,
     "gridding_rel": 1.5,
 }
 ADVICE = {
@@ -33,18 +35,18 @@ def raise_alerts(
     rank: int,
 ) -> list[str]:
     """Warn (rank zero, and a W&B alert from rank 0) for each ``<layer>/<metric>`` scalar that
-    rises above its metric's threshold; ``above`` remembers which are above, so a value that stays
-    above warns once. Returns the texts of the warnings raised."""
+    rises above its threshold (``thresholds[key]``, else ``thresholds[metric]``); ``above``
+    remembers which are above, so a value that stays above warns once. Returns the warnings."""
     texts = []
     for key, value in scalars.items():
         metric = key.rsplit("/", 1)[-1]
-        if metric not in thresholds:
+        limit = thresholds.get(key, thresholds.get(metric))
+        if limit is None:
             continue
-        is_above = value > thresholds[metric]
+        is_above = value > limit
         if is_above and not above.get(key, False):
             text = (
-                f"{prefix}/{key} = {value:.3f} exceeds {thresholds[metric]} at epoch {epoch}: "
-                f"{ADVICE[metric]}"
+                f"{prefix}/{key} = {value:.3f} exceeds {limit} at epoch {epoch}: {ADVICE[metric]}"
             )
             rank_zero_warn(text)
             if rank == 0:

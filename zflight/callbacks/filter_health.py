@@ -49,9 +49,9 @@ class FilterHealth(VisualizationCallback):
         layers: conv layers to diagnose (names for ``model.layer`` or ``named_modules``).
         dead_fraction, untrained_cosine, alias_excess_threshold, duplicate_threshold, radius,
             n_fft: see ``zflight.analysis.filters.filter_health``.
-        alert_thresholds: metric -> value; when a layer's value rises above it after
-            ``warmup_epochs`` epochs, one rank-zero warning saying what to try (and a W&B alert
-            when a run is online). Defaults: ``DEFAULT_ALERTS``.
+        alert_thresholds: metric (or ``<layer>/<metric>``) -> value; when a layer's value rises
+            above it after ``warmup_epochs`` epochs, one rank-zero warning saying what to try
+            (and a W&B alert when a run is online). Defaults: ``DEFAULT_ALERTS``.
         warmup_epochs: no alerts before this epoch.
         gridding_layer: layer whose deconvnet projections are scored for gridding (None: off;
             needs the model's conv trunk as an ``nn.Sequential`` called ``features``).
@@ -96,7 +96,7 @@ class FilterHealth(VisualizationCallback):
             "radius": radius,
             "n_fft": n_fft,
         }
-        unknown = set(alert_thresholds or {}) - set(ADVICE)
+        unknown = {k for k in alert_thresholds or {} if k.rsplit("/", 1)[-1] not in ADVICE}
         if unknown:
             raise ValueError(f"unknown alert metric(s) {sorted(unknown)}; valid: {sorted(ADVICE)}")
         self.alert_thresholds = dict(
