@@ -123,7 +123,7 @@
     const label = el("span", { class: "epoch" });
     node.append(el("h3", { text: key }), link, caption, el("div", { class: "controls", tabindex: 0 }, prev, range, next, label));
     const widest = Math.max(...frames.map((f) => f[2]));
-    if (widest > 900) node.classList.add("wide");
+    if (widest > 700) node.classList.add("wide");  // would be scaled down in a half-width card
     let index = -1;
     function show(i) {
       i = Math.max(0, Math.min(frames.length - 1, i));
