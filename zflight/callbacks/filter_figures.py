@@ -153,9 +153,9 @@ def _spectrum_tile(
 
 def _axes(img: np.ndarray, extent: float, label: str) -> np.ndarray:
     """``img`` spanning [-extent, extent] on both axes, with ticks and labels drawn around it."""
-    left, bottom, top = 44, 34, 16
+    left, bottom, top, right = 54, 34, 16, 28
     h, w = img.shape[:2]
-    canvas = Image.new("RGB", (w + left + 8, h + top + bottom), (255, 255, 255))
+    canvas = Image.new("RGB", (w + left + right, h + top + bottom), (255, 255, 255))
     canvas.paste(Image.fromarray(img), (left, top))
     draw = ImageDraw.Draw(canvas)
     small = font(10)
