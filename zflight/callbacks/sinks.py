@@ -5,21 +5,18 @@ TensorBoard, CSV). Rank 0 only.
 Everything a callback logs for an epoch goes to the loggers at the step Lightning gives that
 epoch's validation metrics (``log_step``), so W&B's step slider shows them together.
 
-Scalars reach the loggers at once. Figures are encoded on one background thread (``WRITER``), in
-the order they were produced, so rank 0 goes back to training (and the other ranks stop waiting for
-it at the next collective) while PNGs are compressed. W&B's ``log`` is not thread-safe, so the
-thread only encodes the W&B images; the ``log`` call itself is handed back and made on the main
-thread at the next ``drain()`` (the images keep their ``trainer/global_step``).
+Scalars reach the loggers at once. Figures are encoded on one background thread (``WRITER``, in
+``writer.py``), in the order they were produced, so rank 0 goes back to training (and the other
+ranks stop waiting for it at the next collective) while PNGs are compressed. W&B's ``log`` is not
+thread-safe, so the thread only encodes the W&B images; the ``log`` call itself is handed back and
+made on the main thread at the next ``drain()`` (the images keep their step).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import queue
 import threading
-import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +27,21 @@ from PIL.PngImagePlugin import PngInfo
 from zflight.analysis.images import caption, grid
 from zflight.callbacks.gallery import write_gallery
 from zflight.callbacks.results import Figure, Table, VizResult
+from zflight.callbacks.writer import WRITER, BackgroundWriter, Finish
+
+__all__ = [
+    "ANALYSIS_TIMES",
+    "WRITER",
+    "AnalysisTimes",
+    "BackgroundWriter",
+    "as_figures",
+    "compose",
+    "json_value",
+    "log_step",
+    "png_caption",
+    "viz_dir",
+    "write_outputs",
+]
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -72,78 +84,6 @@ def png_caption(figs: list[Figure]) -> PngInfo | None:
     info = PngInfo()
     info.add_itxt("Description", figs[0].caption)  # UTF-8
     return info
-
-
-Finish = Callable[[], None]
-
-
-class BackgroundWriter:
-    """One daemon thread that runs output jobs in submission order.
-
-    A job runs on the thread and may return a ``finish`` callable that must run on the main thread
-    (a W&B ``log``); ``drain()`` runs the finished ones, ``flush()`` waits for every job first. At
-    most ``max_pending`` jobs wait at once: a producer faster than the disk blocks rather than
-    piling figures up in memory. A failed job is reported at the next drain: a warning, or an
-    exception when it was submitted with ``strict=True``.
-    """
-
-    def __init__(self, max_pending: int = 8) -> None:
-        self._jobs: queue.Queue = queue.Queue(maxsize=max_pending)
-        self._done: queue.Queue = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._start = threading.Lock()
-
-    def submit(self, label: str, job: Callable[[], Finish | None], strict: bool = False) -> None:
-        with self._start:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._loop, name="zflight-writer", daemon=True
-                )
-                self._thread.start()
-        self._jobs.put((label, job, strict))
-
-    def pending(self) -> bool:
-        return self._jobs.unfinished_tasks > 0 or not self._done.empty()
-
-    def drain(self, raise_errors: bool = True) -> None:
-        """Run the main-thread part of every finished job; report failures."""
-        while True:
-            try:
-                label, strict, finish, error = self._done.get_nowait()
-            except queue.Empty:
-                return
-            if error is None and finish is not None:
-                try:
-                    finish()
-                except Exception as exc:
-                    error = "".join(traceback.format_exception(exc))
-            if error is not None:
-                if strict and raise_errors:
-                    raise RuntimeError(f"could not write the output of {label!r}:\n{error}")
-                from lightning.pytorch.utilities import rank_zero_warn
-
-                rank_zero_warn(
-                    f"could not write the output of {label!r}; training continues.\n{error}"
-                )
-
-    def flush(self, raise_errors: bool = True) -> None:
-        """Wait until every submitted job has run, then drain."""
-        if self._thread is not None and self._thread.is_alive():
-            self._jobs.join()
-        self.drain(raise_errors)
-
-    def _loop(self) -> None:
-        while True:
-            label, job, strict = self._jobs.get()
-            try:
-                self._done.put((label, strict, job(), None))
-            except Exception as exc:
-                self._done.put((label, strict, None, "".join(traceback.format_exception(exc))))
-            finally:
-                self._jobs.task_done()
-
-
-WRITER = BackgroundWriter()
 
 
 class AnalysisTimes:
