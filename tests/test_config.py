@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from zflight.config import ConfigError, instantiate, load_config
+from zflight.config import MODEL_NAMES, ConfigError, load_config
+from zflight.targets import accepted_arguments, instantiate
 
 
 def test_defaults_and_overrides():
@@ -65,7 +66,50 @@ def test_instantiate_reports_bad_arguments():
     assert obj["a"] == 1
     with pytest.raises(ConfigError, match="callbacks.m._target_='nope.Nope' cannot be imported"):
         instantiate({"_target_": "nope.Nope"}, "callbacks.m")
-    with pytest.raises(ConfigError, match="callbacks.e: .*takes: every_n_epochs"):
+    with pytest.raises(
+        ConfigError, match="callbacks.e.evry: .*has no argument .*valid: every_n_epochs"
+    ):
         instantiate(
             {"_target_": "zflight.callbacks.base.VisualizationCallback", "evry": 1}, "callbacks.e"
         )
+
+
+def test_callback_argument_typo_names_key_and_valid_arguments():
+    spec = {"_target_": "zflight.callbacks.deconv.DeconvTopK", "selction": "most_active"}
+    with pytest.raises(ConfigError) as e:
+        instantiate(spec, "callbacks.deconv")
+    msg = str(e.value)
+    assert msg.startswith("callbacks.deconv.selction: zflight.callbacks.deconv.DeconvTopK has no")
+    assert "did you mean callbacks.deconv.selection?" in msg
+    # its own arguments and, through **kwargs, those of the VisualizationCallback base
+    valid = msg.split("valid: ")[1].split(", ")
+    assert {"selection", "layers", "k"} <= set(valid) and {"every_n_epochs", "strict"} <= set(valid)
+
+
+def test_accepted_arguments_follow_kwargs_to_the_base():
+    from zflight.callbacks.base import VisualizationCallback
+    from zflight.callbacks.heatmaps import HeatMaps
+
+    base = accepted_arguments(VisualizationCallback)
+    assert base[:2] == ["every_n_epochs", "on_first_epoch"] and "grad" in base
+    heat = accepted_arguments(HeatMaps)
+    assert heat[-len(base) :] == base and len(heat) > len(base)
+
+    class Open:
+        def __init__(self, **kwargs):
+            pass
+
+    assert accepted_arguments(Open) == [], "**kwargs that end at object take nothing"
+    assert accepted_arguments(lambda a, **kw: None) is None, "unknowable: not checked"
+
+
+def test_bad_callback_value_is_a_config_error():
+    spec = {"_target_": "zflight.callbacks.deconv.DeconvTopK", "every_n_epochs": 0}
+    with pytest.raises(ConfigError, match="callbacks.deconv: every_n_epochs must be >= 1"):
+        instantiate(spec, "callbacks.deconv")
+
+
+def test_model_names_match_the_registry():
+    from zflight.models import MODELS
+
+    assert tuple(sorted(MODELS)) == MODEL_NAMES

@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from tests.conftest import tiny_overrides
-from zflight.train import train, wandb_mode
+from tests.test_cli import hashes
+from zflight.build import wandb_mode
+from zflight.train import main, train
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
@@ -73,6 +75,73 @@ def test_wandb_offline_run_holds_metrics(tiny, monkeypatch):
     assert (Path(r["run_dir"]) / "wandb-id.txt").read_text().strip() in offline[0].name
 
 
+def test_failed_resume_leaves_the_run_as_it_was(tiny, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    r = train(tiny("logger=wandb", "trainer.max_epochs=1"))
+    run = Path(r["run_dir"])
+    last = run / "checkpoints" / "last.ckpt"
+    garbage = run / "checkpoints" / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    older = run / "checkpoints" / "older.ckpt"  # written before checkpoints carried the config
+    torch.save({**torch.load(last, weights_only=False), "zflight_config": None}, older)
+    before = hashes(run)
+    assert len(list(run.glob("wandb/offline-run-*"))) == 1 and "config.yaml" in before
+    cases = {
+        f"resume={last} model.width=0.25": "was trained with model.width=0.125, the config says",
+        f"resume={last} data.image_size=32": "was trained with data.image_size=64",
+        f"resume={last} model=alexnet_style": "was trained with model.name=zfnet",
+        f"resume={older} model.width=0.25": "model.features.conv1.weight has shape (12, 3, 7, 7)",
+        f"resume={garbage}": "not a readable checkpoint (UnpicklingError",
+        f"resume={run / 'checkpoints' / 'gone.ckpt'}": "gone.ckpt: no such file",
+    }
+    for args, says in cases.items():
+        assert main(tiny("logger=wandb", *args.split())) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and says in err, (args, err)
+        assert hashes(run) == before, "config.yaml, the W&B directory, every file: unchanged"
+
+
+def test_resume_outside_a_run_is_one_error_and_no_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    loose = tmp_path / "loose.ckpt"
+    loose.write_bytes(b"x")
+    args = [a for a in tiny_overrides(tmp_path / "r") if not a.startswith("run_dir=")]
+    assert main([*args, f"resume={loose}", f"runs_root={tmp_path / 'runs'}"]) == 2
+    assert "is not inside a run directory" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loose.ckpt"], "no stray directory"
+
+
+@pytest.mark.slow
+def test_diverging_run_stops_with_the_step_and_exit_1(tmp_path):
+    # SGD at lr 1e4: the loss is NaN after two steps
+    run = tmp_path / "run"
+    args = ["optim.name=sgd", "optim.lr=1e4", "optim.schedule=none", "trainer.max_epochs=3"]
+    p = _run([sys.executable, "-m", "zflight.train", *tiny_overrides(run, *args)])
+    assert p.returncode == 1, p.stderr[-3000:]
+    err = p.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: training diverged: the loss is nan at epoch 0, batch ")
+    assert "No checkpoint was written before that" in err
+    assert "final validation accuracy" not in p.stdout and "Traceback" not in p.stderr
+    assert not (run / "checkpoints").exists(), "no checkpoint holds NaN weights"
+
+
+def test_divergence_after_a_good_epoch_names_last_checkpoint(tiny, capsys):
+    code = main(
+        tiny("trainer.max_epochs=3", "callbacks.poison._target_=tests.train_helpers.PoisonAt")
+    )
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    run = Path(tiny()[-1].split("=", 1)[1])
+    assert code == 1
+    assert err.startswith(
+        "error: training diverged: the loss is nan at epoch 1, batch 0 (global step 4); "
+        "training stopped. The last finite weights are in "
+    )
+    assert f"{run / 'checkpoints' / 'last.ckpt'} (end of epoch 0): resume=" in err
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (saved["epoch"], saved["global_step"]) == (0, 4)
+    assert all(torch.isfinite(t).all() for t in saved["state_dict"].values())
+
+
 def _run(
     args: list[str], env_extra: dict[str, str] | None = None, timeout: int = 300
 ) -> subprocess.CompletedProcess:
@@ -125,7 +194,7 @@ def test_torchrun_two_processes_form_one_ddp_run(tmp_path, devices):
 
 
 def test_torchrun_environment_sets_processes(monkeypatch):
-    from zflight.train import torchrun_processes
+    from zflight.run_dir import torchrun_processes
 
     monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     assert torchrun_processes() is None
@@ -137,7 +206,9 @@ def test_torchrun_environment_sets_processes(monkeypatch):
 
 def test_console_script_help_and_config_error():
     p = _run([sys.executable, "-m", "zflight", "train", "trainer.max_epoch=1"])
-    assert p.returncode == 2 and "unknown config key 'trainer.max_epoch'" in p.stderr
+    assert p.returncode == 2 and p.stderr.startswith(
+        "error: unknown config key 'trainer.max_epoch'"
+    )
     p = _run([sys.executable, "-m", "zflight", "--help"])
     assert p.returncode == 0 and "visualize" in p.stdout
 

@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import sys
 
-USAGE = """usage: zflight {train,visualize} [key=value ...]
+from zflight.commands import groups_text, main_keys
+
+USAGE = """usage: zflight {{train,visualize}} [GROUP=choice ...] [key=value ...]
+       zflight {{train,visualize}} --help
 
   train       train ZFNet (python -m zflight.train)
-  visualize   run visual callbacks on a saved checkpoint (python -m zflight.visualize)
+  visualize   run the visual callbacks on a saved checkpoint (python -m zflight.visualize)
+
+groups:
+{groups}
+
+keys:
+{keys}
 """
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    text = USAGE.format(groups=groups_text(), keys=main_keys())
     if not args or args[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        print(text)
         return 0
     command, rest = args[0], args[1:]
     if command == "train":
@@ -22,6 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     elif command == "visualize":
         from zflight.visualize import main as run
     else:
-        print(f"unknown command {command!r}\n{USAGE}", file=sys.stderr)
+        print(f"error: unknown command {command!r}; use train or visualize", file=sys.stderr)
         return 2
     return run(rest)

@@ -1,23 +1,45 @@
-"""``python -m zflight.visualize ckpt=PATH [callbacks=SET] [key=value ...]``: run visual callbacks on a
-saved checkpoint, without training, writing the same PNGs and gallery as during training.
+"""``python -m zflight.visualize ckpt=PATH [out=DIR] [callbacks=SET] [key=value ...]``: run the visual
+callbacks once on a saved checkpoint, without training, into a folder of its own.
 
 The run's saved ``config.yaml`` (beside ``checkpoints/``) is the starting point, so the model and
-data are rebuilt as they were trained; ``out=DIR`` chooses where ``viz/`` goes (default: the run).
-"""
+data are rebuilt as they were trained, and the callbacks' state saved in the checkpoint is loaded
+(the evolution strip keeps its history). Output goes to ``out=DIR``, by default a new
+``<run>-visualize-<date>-<time>`` beside the run: the training run's files are never touched.
+Gradient-based analyses work (validation runs with gradients allowed). Exit code 1 when an analysis
+fails, 2 for a bad checkpoint or config."""
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
-import torch
 from omegaconf import OmegaConf
 
-from zflight.config import ConfigError, load_config, run_command
-from zflight.module import ClassifierModule
-from zflight.train import build_callbacks, build_datamodule, build_model
+from zflight.commands import RunFailure, groups_text, run_command
+from zflight.config import ConfigError, load_config, to_yaml
+from zflight.run_dir import ensure_writable, run_of_checkpoint
+
+USAGE = """usage: python -m zflight.visualize ckpt=PATH [out=DIR] [GROUP=choice ...] [key=value ...]
+       zflight visualize ckpt=PATH ...        make visualize CKPT=PATH [ARGS="..."]
+
+Run the visual callbacks once on a checkpoint written by zflight.train, without training.
+  ckpt=PATH   runs/<run>/checkpoints/last.ckpt or best.ckpt (its run's config.yaml is the base)
+  out=DIR     where viz/ goes (default: a new <run>-visualize-<date>-<time> beside the run;
+              never the training run itself)
+  callbacks=none|default, callbacks.<name>.<argument>=value, callbacks.<name>=null: as in training
+  trainer.accelerator=cpu|gpu, trainer.limit_val_batches=..., data.*: any training key
+
+groups:
+{groups}
+"""
+
+
+def default_out(beside: Path) -> Path:
+    """``<beside>-visualize-<date>-<time>``: a new folder next to the run (or checkpoint)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return beside.parent / f"{beside.name}-visualize-{stamp}"
 
 
 def visualize(argv: list[str]) -> Path:
@@ -28,20 +50,50 @@ def visualize(argv: list[str]) -> Path:
         raise ConfigError("visualize needs ckpt=PATH (a checkpoint written by zflight.train)")
     ckpt = Path(options["ckpt"])
     if not ckpt.is_file():
-        raise ConfigError(f"ckpt={str(ckpt)!r} is not a file")
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    saved = run_dir / "config.yaml"
-    cfg = load_config(rest, base=OmegaConf.load(saved) if saved.exists() else None)
-    out = Path(options.get("out", run_dir))
-    state: dict[str, Any] = torch.load(ckpt, map_location="cpu", weights_only=False)
-    datamodule = build_datamodule(cfg)
-    module = ClassifierModule(build_model(cfg, datamodule.num_classes), datamodule.num_classes)
-    module.load_state_dict(state["state_dict"])
-    callbacks = build_callbacks(cfg)
-    if not callbacks:
+        raise ConfigError(f"ckpt={ckpt}: no such file")
+    run_dir = run_of_checkpoint(ckpt)
+    base = OmegaConf.load(run_dir / "config.yaml") if run_dir else None
+    cfg = load_config(rest, base=base)
+    beside = run_dir or ckpt.parent / ckpt.stem
+    out = Path(options["out"]) if options.get("out") else default_out(beside)
+    if run_dir and (
+        out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents
+    ):
         raise ConfigError(
-            "no callbacks configured: pass callbacks=default or callbacks.<name>._target_=..."
+            f"out={out} is inside the training run {run_dir}, whose files it would change; "
+            f"choose a folder outside it (the default is a new one beside it)"
         )
+    if (out / "viz").exists():
+        raise ConfigError(f"out={out} already holds a viz/ folder; choose a new folder")
+
+    import lightning.pytorch as pl
+
+    from zflight import build
+    from zflight.callbacks.base import VisualizationCallback
+    from zflight.checkpoints import check_matches, finished_epoch, read_checkpoint
+
+    build.check_devices(cfg)
+    callbacks = build.build_callbacks(cfg)
+    visual = [c for c in callbacks if isinstance(c, VisualizationCallback)]
+    if not visual:
+        raise ConfigError(
+            "no visual callbacks configured: pass callbacks=default or callbacks.<name>._target_=..."
+        )
+    state: dict[str, Any] = read_checkpoint(ckpt, "ckpt")
+    datamodule = build.build_datamodule(cfg)
+    module = build.build_module(
+        cfg, build.build_model(cfg, datamodule.num_classes), datamodule.num_classes
+    )
+    check_matches(state, ckpt, "ckpt", cfg, module)
+    module.load_state_dict(state["state_dict"])
+    saved_states = state.get("callbacks", {})
+    for cb in callbacks:  # the evolution strip's history and the like
+        if cb.state_key in saved_states:
+            cb.load_state_dict(saved_states[cb.state_key])
+    epoch = finished_epoch(state)
+    del state
+    ensure_writable(out, "out")
+    (out / "config.yaml").write_text(f"# visualize ckpt={ckpt}\n{to_yaml(cfg)}")
     trainer = pl.Trainer(
         default_root_dir=str(out),
         logger=False,
@@ -51,18 +103,24 @@ def visualize(argv: list[str]) -> Path:
         enable_checkpointing=False,
         enable_progress_bar=cfg.trainer.progress,
         limit_val_batches=cfg.trainer.limit_val_batches,
+        inference_mode=False,  # no_grad instead: callbacks with grad=True can enable gradients
     )
-    trainer.fit_loop.epoch_progress.current.completed = int(
-        state.get("epoch", 0)
-    )  # name PNGs by the ckpt's epoch
+    trainer.fit_loop.epoch_progress.current.completed = epoch  # PNGs named by the ckpt's epoch
+    runs_before = {id(cb): len(cb.logged_epochs) for cb in visual}
     trainer.validate(module, datamodule=datamodule, verbose=False)
     gallery = out / "viz" / "index.html"
     print(f"pictures: {gallery}", flush=True)
+    failed = [cb.name for cb in visual if len(cb.logged_epochs) == runs_before[id(cb)]]
+    if failed:
+        raise RunFailure(
+            f"{len(failed)} of {len(visual)} analyses failed ({', '.join(failed)}); "
+            f"their errors are above, the other pictures are in {gallery}"
+        )
     return gallery
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(visualize, argv)
+    return run_command(visualize, argv, USAGE.format(groups=groups_text()))
 
 
 if __name__ == "__main__":

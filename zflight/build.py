@@ -1,0 +1,198 @@
+"""Objects a run is made of, built from a checked config: data module, network, LightningModule,
+logger, callbacks and trainer. Imports torch and Lightning; entry points import it only after the
+config is checked."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from zflight.checkpoints import AtomicCheckpointIO
+from zflight.config import ConfigError
+from zflight.data import ImageFolderDataModule, ShapesDataModule
+from zflight.models import create_model
+from zflight.module import ClassifierModule
+from zflight.run_dir import torchrun_processes
+from zflight.strategy import build_strategy
+from zflight.targets import instantiate
+
+
+def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
+    d = cfg.data
+    if d.name == "shapes":
+        return ShapesDataModule(
+            d.train_size,
+            d.val_size,
+            d.image_size,
+            d.num_classes,
+            d.batch_size,
+            d.num_workers,
+            cfg.seed,
+            d.cache_dir,
+            fine_texture=d.fine_texture,
+        )
+    try:
+        return ImageFolderDataModule(
+            d.root, d.image_size, d.resize, d.batch_size, d.num_workers, d.ten_crop
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def build_model(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
+    m = cfg.model
+    kwargs: dict[str, Any] = dict(
+        num_classes=num_classes,
+        width=m.width,
+        head_pool=m.head_pool,
+        dropout=m.dropout,
+        init=m.init,
+        conv1_std=m.conv1_std,
+    )
+    if m.lrn != "torch" or m.pool != "torch":
+        from zflight.models.fast_ops import LRN_IMPLS, POOL_IMPLS
+
+        kwargs.update(lrn=LRN_IMPLS[m.lrn], pool=POOL_IMPLS[m.pool])
+    return create_model(m.name, **kwargs)
+
+
+def build_module(cfg: DictConfig, model: torch.nn.Module, num_classes: int) -> ClassifierModule:
+    # NHWC: faster convolutions and pools with cuDNN and with oneDNN on CPUs (ZFNet, 64 px: 15%)
+    channels_last = cfg.trainer.channels_last != "false"
+    o = cfg.optim
+    return ClassifierModule(
+        model,
+        num_classes,
+        o.name,
+        o.lr,
+        o.momentum,
+        o.weight_decay,
+        o.schedule,
+        o.step_size,
+        o.gamma,
+        o.patience,
+        o.pct_start,
+        channels_last,
+        cfg.trainer.compile,
+    )
+
+
+def wandb_mode(requested: str) -> str:
+    """``auto`` -> online only with an API key and a reachable server; never prompts."""
+    if requested != "auto":
+        return requested
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    has_key = bool(os.environ.get("WANDB_API_KEY"))
+    netrc = Path.home() / ".netrc"
+    has_key = has_key or (netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
+    if not has_key:
+        return "offline"
+    try:
+        socket.create_connection(("api.wandb.ai", 443), timeout=2).close()
+        return "online"
+    except OSError:
+        return "offline"
+
+
+def build_logger(cfg: DictConfig, run_dir: Path) -> Any:
+    lg = cfg.logger
+    if lg.name == "none":
+        return False
+    if lg.name == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(str(run_dir), name="csv", version="")
+    if lg.name == "tensorboard":
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(str(run_dir), name="tensorboard", version="")
+    from lightning.pytorch.loggers import WandbLogger
+
+    mode = wandb_mode(lg.mode)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    id_file = run_dir / "wandb-id.txt"
+    run_id = id_file.read_text().strip() if id_file.exists() else None
+    return WandbLogger(
+        project=lg.project,
+        entity=lg.entity,
+        name=run_dir.name,
+        save_dir=str(run_dir),
+        mode=mode,
+        id=run_id,
+        resume="allow" if run_id else None,
+    )
+
+
+def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    """Every configured callback; a wrong argument is a ConfigError naming it and the valid ones."""
+    return [
+        instantiate(spec, f"callbacks.{name}")
+        for name, spec in cfg.callbacks.items()
+        if spec is not None
+    ]
+
+
+def check_devices(cfg: DictConfig) -> None:
+    """GPUs asked for must be there: one line now rather than Lightning's traceback later."""
+    t = cfg.trainer
+    if str(t.accelerator) not in ("gpu", "cuda"):
+        return
+    have = torch.cuda.device_count()
+    want = t.devices if isinstance(t.devices, int) and t.devices > 0 else 1
+    if isinstance(t.devices, (list, tuple)) or str(t.devices).startswith("["):
+        want = len(t.devices) if isinstance(t.devices, (list, tuple)) else want
+    if have < want:
+        raise ConfigError(
+            f"trainer.accelerator={t.accelerator} trainer.devices={t.devices}: this machine has "
+            f"{have} GPU{'' if have == 1 else 's'} that PyTorch can use; use "
+            f"trainer.accelerator=cpu{' or fewer devices' if have else ''}"
+        )
+
+
+def build_trainer(
+    cfg: DictConfig, run_dir: Path, callbacks: list[pl.Callback], logger: Any
+) -> pl.Trainer:
+    t = cfg.trainer
+    on_gpu = t.accelerator in ("gpu", "cuda") or (
+        t.accelerator == "auto" and torch.cuda.is_available()
+    )
+    precision = t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
+    devices, num_nodes = t.devices, t.num_nodes
+    launched = torchrun_processes()
+    if launched and devices == "auto":  # one process per torchrun worker, no launching of our own
+        devices, num_nodes = launched
+    n_dev = devices if isinstance(devices, int) else (torch.cuda.device_count() if on_gpu else 1)
+    try:
+        strategy = build_strategy(n_dev, num_nodes, OmegaConf.to_container(t.ddp))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    best = ModelCheckpoint(
+        run_dir / "checkpoints", filename="best", monitor="val/acc1", mode="max", save_top_k=1
+    )
+    extra = [LearningRateMonitor("step")] if logger else []
+    return pl.Trainer(
+        default_root_dir=str(run_dir),
+        accelerator=t.accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        precision=precision,
+        max_epochs=t.max_epochs,
+        logger=logger,
+        callbacks=[best, *extra, *callbacks],
+        plugins=[AtomicCheckpointIO()],
+        log_every_n_steps=t.log_every_n_steps,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        deterministic=t.deterministic,
+        enable_progress_bar=t.progress,
+        num_sanity_val_steps=0,
+    )

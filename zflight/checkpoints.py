@@ -1,0 +1,205 @@
+"""Checkpoints that are there when needed and never half-written.
+
+* ``atomic_save``: write to a temporary file in the same directory, fsync, then ``os.replace``: a
+  kill or a full disk at any moment leaves the previous file whole (Lightning writes in place).
+* ``LastCheckpoint``: ``last.ckpt`` at the end of every epoch, at the end of training and on
+  Ctrl-C (Lightning's ``save_last`` writes it only when training ends), never from non-finite
+  weights; every checkpoint also carries the run's config, for checking a resume against it.
+* ``read_checkpoint`` / ``check_matches``: a checkpoint is readable and fits the model the config
+  builds, checked before a resumed run writes anything (one line naming the difference).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from omegaconf import DictConfig, OmegaConf
+
+from zflight.config import ConfigError
+
+# Settings a checkpoint's weights and inputs depend on: a resume or a post-hoc run must match them.
+MATCH_KEYS = ("model.name", "model.width", "model.head_pool", "data.name", "data.image_size")
+CONFIG_KEY = "zflight_config"
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` so that it holds either the old or the new file, whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # as an ordinary open() would (mkstemp gives 0600)
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself survives a power cut
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer with ``atomic_save``: ``best.ckpt`` is never half-written either."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        atomic_save(checkpoint, path)
+
+
+def weights_finite(module: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
+
+
+class LastCheckpoint(pl.Callback):
+    """Keeps ``path`` (``last.ckpt``) no older than one epoch; adds ``config`` to every checkpoint.
+
+    Attributes:
+        saved_epoch: the epoch of the last save by this process (None before the first).
+    """
+
+    def __init__(self, path: str | Path, config: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.config = config
+        self.saved_epoch: int | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer.is_global_zero and self.path.parent.is_dir():  # left by a kill during a save
+            for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+                stale.unlink(missing_ok=True)
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[CONFIG_KEY] = self.config
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.save(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.save(trainer, pl_module)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self.save(trainer, pl_module)
+            if trainer.is_global_zero:
+                print(f"interrupted: saved {self.path}", flush=True)
+
+    def save(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write ``last.ckpt`` (rank 0; no collective, so it is safe in ``on_exception`` too)."""
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        if not weights_finite(pl_module):
+            if trainer.is_global_zero:
+                warnings.warn(
+                    f"weights are not finite: {self.path} keeps epoch {self.saved_epoch}",
+                    stacklevel=1,
+                )
+            return
+        checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        try:
+            trainer.strategy.save_checkpoint(checkpoint, self.path)
+        except OSError as exc:  # a full disk: the previous last.ckpt stays, training goes on
+            warnings.warn(
+                f"could not write {self.path} ({exc.strerror or exc}); the previous one is kept",
+                stacklevel=1,
+            )
+            return
+        self.saved_epoch = trainer.current_epoch
+
+
+def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
+    """Load a checkpoint on the CPU (memory-mapped: weights are read when used); ConfigError if it
+    is missing, unreadable or not a training checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{key}={path}: no such file")
+    try:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError as exc:  # not a zip file: perhaps the legacy format, perhaps garbage
+            if "mmap" not in str(exc):
+                raise
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        detail = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:160]
+        raise ConfigError(
+            f"{key}={path}: not a readable checkpoint ({type(exc).__name__}: {detail})"
+        ) from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ConfigError(f"{key}={path}: not a training checkpoint (it has no state_dict)")
+    return ckpt
+
+
+def check_matches(
+    ckpt: dict[str, Any], path: str | Path, key: str, cfg: DictConfig, module: torch.nn.Module
+) -> None:
+    """The config's model and data settings, and the module's parameter names and shapes, are the
+    checkpoint's; else one ConfigError naming the first difference."""
+    saved = ckpt.get(CONFIG_KEY)
+    if isinstance(saved, dict):
+        saved_cfg = OmegaConf.create(saved)
+        for k in MATCH_KEYS:
+            was, now = OmegaConf.select(saved_cfg, k), OmegaConf.select(cfg, k)
+            if was is not None and was != now:
+                raise ConfigError(
+                    f"{key}={path} was trained with {k}={was}, the config says {k}={now}; "
+                    f"pass {k}={was} (or start a new run)"
+                )
+    expected = module.state_dict()
+    got = ckpt["state_dict"]
+    for name, tensor in expected.items():
+        if name not in got:
+            raise ConfigError(
+                f"{key}={path} has no {name}: it was written for another model than the config "
+                f"builds (model.name, model.width, data.num_classes)"
+            )
+        if tuple(got[name].shape) != tuple(tensor.shape):
+            raise ConfigError(
+                f"{key}={path}: {name} has shape {tuple(got[name].shape)}, the config builds "
+                f"{tuple(tensor.shape)} (model.width, model.name or the number of classes differ)"
+            )
+    extra = sorted(set(got) - set(expected))
+    if extra:
+        raise ConfigError(
+            f"{key}={path} holds {extra[0]}, which the model the config builds has not "
+            f"(model.name or model settings differ)"
+        )
+
+
+def finished_epoch(ckpt: dict[str, Any]) -> int:
+    """Index of the epoch whose weights the checkpoint holds (as the PNGs of that epoch are named).
+
+    ``epoch`` counts completed epochs: saved during an epoch (its validation or its end) it is that
+    epoch's index; saved once training ended, it is one more."""
+    epoch = int(ckpt.get("epoch", 0))
+    try:
+        progress = ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]
+        ended = progress["completed"] == progress["processed"] == epoch
+    except (KeyError, TypeError):
+        ended = False
+    return max(epoch - 1, 0) if ended and epoch > 0 else epoch
