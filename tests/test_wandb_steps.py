@@ -95,3 +95,13 @@ def test_epoch_shares_one_step_with_captions_epoch_and_table(tiny, tmp_path, mon
     assert {(x["epoch"], x["step"]) for x in strict} == set(val_steps.items())
     broken = [x for x in strict if x["key"] == "tabler/broken"]
     assert broken and all(x["value"] is None and x["note"] == "nan" for x in broken)
+
+    # metrics.jsonl (the gallery's header): one row per epoch at the same steps
+    metrics = [
+        json.loads(x)
+        for x in (Path(r["run_dir"]) / "viz/metrics.jsonl").read_text().split("\n")
+        if x
+    ]
+    assert [(m["epoch"], m["step"]) for m in metrics] == sorted(val_steps.items())
+    assert metrics[-1]["val/acc1"] == pytest.approx(r["val_acc1"], abs=1e-7)
+    assert all(0.5 < m["train/loss"] < 5.0 for m in metrics)  # cross-entropy over 8 classes, ~ln 8
