@@ -7,15 +7,16 @@ EXP    ?=
 DATA   ?=
 GPUS   ?=
 ARGS   ?=
+CKPT   ?=
 
 TRAIN_ARGS := $(if $(EXP),experiment=$(EXP)) $(if $(DATA),data.root=$(DATA)) \
               $(if $(GPUS),trainer.accelerator=gpu trainer.devices=$(GPUS)) $(ARGS)
 
-.PHONY: help install train test test-fast lint format clean ablation
+.PHONY: help install train visualize test test-fast lint format clean ablation
 
 help:  ## show this help
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: EXP=imagenet DATA=/path GPUS=4 ARGS=\"trainer.max_epochs=20 logger=csv\""
+	@echo "  variables: EXP=imagenet DATA=/path GPUS=4 CKPT=runs/.../last.ckpt ARGS=\"trainer.max_epochs=20 logger=csv\""
 
 install: $(STAMP)  ## create .venv and install zflight with its dev tools
 
@@ -27,6 +28,10 @@ $(STAMP): pyproject.toml
 
 train: $(STAMP)  ## train ZFNet (defaults: shapes data, CPU or all GPUs, W&B offline without a key)
 	$(PY) -m zflight.train $(TRAIN_ARGS)
+
+visualize: $(STAMP)  ## visual callbacks on CKPT=runs/.../last.ckpt, into a new folder beside the run
+	@test -n "$(CKPT)" || { echo "usage: make visualize CKPT=runs/<run>/checkpoints/last.ckpt [ARGS=\"out=DIR ...\"]" >&2; exit 2; }
+	$(PY) -m zflight.visualize ckpt=$(CKPT) $(ARGS)
 
 ablation: $(STAMP)  ## AlexNet-style vs ZFNet first layers, same data, seed and budget; writes a report
 	$(PY) -m zflight.ablation $(ARGS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -26,3 +27,35 @@ def test_custom_callback_example(tmp_path, monkeypatch):
     rows = [json.loads(x) for x in (viz / "scalars.jsonl").read_text().splitlines()]
     conf = [x["value"] for x in rows if x["key"] == "mean_image/confidence"]
     assert len(conf) == 1 and 0.0 < conf[0] < 1.0
+
+
+def bash_lines(part: str) -> list[list[str]]:
+    """The README's shell commands (```bash blocks) that contain ``part``, comments cut."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), re.DOTALL)
+    lines = [line.split("#")[0].split() for block in blocks for line in block.splitlines()]
+    return [words for words in lines if part in " ".join(words)]
+
+
+def test_readme_train_commands_give_valid_configs(capsys):
+    from zflight.train import main
+
+    commands = bash_lines("-m zflight.train")  # python -m and torchrun -m
+    assert len(commands) >= 3
+    for words in commands:
+        args = words[words.index("zflight.train") + 1 :]
+        args = [w for w in args if not w.startswith("data.root=")]  # folders we lack here
+        assert main([*args, "data.root=/data", "print_config=true"]) == 0, words
+        assert "model:" in capsys.readouterr().out
+
+
+def test_readme_visualize_commands_name_real_callbacks(tmp_path, capsys):
+    from zflight.config import load_config
+    from zflight.train import build_callbacks
+
+    commands = bash_lines("python -m zflight.visualize") + bash_lines("make visualize")
+    assert len(commands) == 2
+    for words in commands:
+        keys = [w for w in words if "=" in w and not w.startswith(("ckpt=", "CKPT="))]
+        assert build_callbacks(load_config(keys)), words  # a callbacks set that builds
+    p = subprocess.run(["make", "-n", "visualize", "CKPT=x.ckpt"], capture_output=True, text=True)
+    assert p.returncode == 0 and "-m zflight.visualize ckpt=x.ckpt" in p.stdout

@@ -146,9 +146,10 @@ def check_devices(cfg: DictConfig) -> None:
     if str(t.accelerator) not in ("gpu", "cuda"):
         return
     have = torch.cuda.device_count()
-    want = t.devices if isinstance(t.devices, int) and t.devices > 0 else 1
-    if isinstance(t.devices, (list, tuple)) or str(t.devices).startswith("["):
-        want = len(t.devices) if isinstance(t.devices, (list, tuple)) else want
+    if OmegaConf.is_list(t.devices) or isinstance(t.devices, (list, tuple)):
+        want = len(t.devices)
+    else:
+        want = t.devices if isinstance(t.devices, int) and t.devices > 0 else 1
     if have < want:
         raise ConfigError(
             f"trainer.accelerator={t.accelerator} trainer.devices={t.devices}: this machine has "

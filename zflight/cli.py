@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from zflight.commands import groups_text, main_keys
+from zflight.commands import groups_text, main_keys, print_help
 
 USAGE = """usage: zflight {{train,visualize}} [GROUP=choice ...] [key=value ...]
        zflight {{train,visualize}} --help
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     text = USAGE.format(groups=groups_text(), keys=main_keys())
     if not args or args[0] in ("-h", "--help", "help"):
-        print(text)
+        print_help(text)
         return 0
     command, rest = args[0], args[1:]
     if command == "train":

@@ -5,6 +5,7 @@ error appears before torch is loaded."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -86,6 +87,14 @@ def pop_flag(argv: list[str], key: str) -> tuple[list[str], bool]:
     return rest, on
 
 
+def print_help(text: str) -> None:
+    """Print ``text``; a reader that stops early (``--help | head``) is not an error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit either
+
+
 def run_command(
     command: Callable[[list[str]], Any], argv: list[str] | None, help_text: str = ""
 ) -> int:
@@ -93,7 +102,7 @@ def run_command(
     prints one line and returns 2; a RunFailure prints its message and returns 1."""
     args = sys.argv[1:] if argv is None else list(argv)
     if help_text and wants_help(args):
-        print(help_text)
+        print_help(help_text)
         return 0
     try:
         command(args)
