@@ -64,3 +64,34 @@ class Meddling(VisualizationCallback):
         if self.fail:
             raise RuntimeError("analysis exploded")
         return VizResult(scalars={"ok": 1.0})
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+class FailingOnRank(VisualizationCallback):
+    """Fails on one rank only: in ``analyze`` before its gather (``where="analyze"``), in a stream
+    hook during validation (``"hook"``), or by gathering a shape that differs per rank (``"shape"``)."""
+
+    name = "failing"
+
+    def __init__(self, where: str = "analyze", rank: int = 1, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.where, self.rank = where, rank
+
+    def stream_hooks(self, model):
+        def hook(module, inputs, output):
+            if _rank() == self.rank:
+                raise RuntimeError(f"hook failed on rank {self.rank}")
+
+        return [(model.features.conv1, hook)] if self.where == "hook" else []
+
+    def analyze(self, model, probe, ctx):
+        if self.where == "analyze" and ctx.rank == self.rank:
+            raise RuntimeError(f"analysis failed on rank {self.rank}")
+        rows = ctx.rank + 2 if self.where == "shape" else 2
+        ctx.all_gather(torch.ones(rows, 3, device=ctx.device))
+        return VizResult(scalars={"ok": 1.0})

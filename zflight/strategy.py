@@ -12,6 +12,9 @@ from typing import Any
 
 import torch
 from lightning.pytorch.strategies import DDPStrategy, Strategy
+from typing_extensions import override
+
+from zflight.process_group import destroy_process_group_at_exit
 
 DDP_DEFAULTS: dict[str, Any] = {
     # Gradients live inside the all-reduce buckets: saves one copy and 250 MB per GPU.
@@ -26,6 +29,19 @@ DDP_DEFAULTS: dict[str, Any] = {
     # None picks nccl with CUDA, gloo without.
     "backend": None,
 }
+
+
+class CleanExitDDPStrategy(DDPStrategy):
+    """``DDPStrategy`` whose process group is destroyed before the interpreter exits.
+
+    Without it a gloo rank aborts at exit now and then (SIGABRT after ``fit`` returned); see
+    ``zflight.process_group``.
+    """
+
+    @override
+    def setup_distributed(self) -> None:
+        super().setup_distributed()
+        destroy_process_group_at_exit()
 
 
 def _comm_hooks() -> dict[str, Callable | None]:
@@ -68,17 +84,21 @@ def process_count(devices: int, num_nodes: int) -> int:
     return devices * num_nodes
 
 
-def build_strategy(devices: int, num_nodes: int, ddp: Mapping[str, Any] | None) -> str | Strategy:
+def build_strategy(
+    devices: int, num_nodes: int, ddp: Mapping[str, Any] | None, start_method: str = "popen"
+) -> str | Strategy:
     """``"auto"`` for a single process, else a ``DDPStrategy`` configured from ``ddp``.
 
     The backend is NCCL when CUDA is available and gloo otherwise (CPU runs and tests), unless
-    ``ddp["backend"]`` names one.
+    ``ddp["backend"]`` names one. ``start_method="spawn"`` starts the ranks with
+    ``torch.multiprocessing`` (for callers that are not a script, such as tests).
     """
     opts = ddp_options(ddp)
     if process_count(devices, num_nodes) == 1:
         return "auto"
     backend = opts["backend"] or ("nccl" if torch.cuda.is_available() else "gloo")
-    return DDPStrategy(
+    return CleanExitDDPStrategy(
+        start_method=start_method,
         process_group_backend=backend,
         ddp_comm_hook=_comm_hooks()[opts["comm_hook"]],
         gradient_as_bucket_view=bool(opts["gradient_as_bucket_view"]),

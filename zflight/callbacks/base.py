@@ -12,27 +12,34 @@ from __future__ import annotations
 
 import contextlib
 import time
-import random
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
+from zflight.callbacks.isolation import isolated, nonfinite_parameters
+from zflight.callbacks.ranks import GatherMismatch, PeerFailed, RankAgreement, report_failure
 from zflight.callbacks.results import Probe, VizResult
 from zflight.callbacks.sinks import ANALYSIS_TIMES, WRITER, write_outputs
+from zflight.process_group import destroy_process_group_at_exit
+
+__all__ = ["AnalysisContext", "VisualizationCallback", "isolated", "network_of"]
 
 
 class AnalysisContext:
     """What ``analyze`` may use beyond the model and probe: where it runs and how to talk to other ranks."""
 
     def __init__(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, model: nn.Module
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        model: nn.Module,
+        agreement: RankAgreement | None = None,
+        name: str = "viz",
     ) -> None:
         self.trainer = trainer
         self.pl_module = pl_module
@@ -41,16 +48,33 @@ class AnalysisContext:
         self.device = pl_module.device
         self.rank = trainer.global_rank
         self.world_size = trainer.world_size
+        self.name = name
+        self.agreement = agreement or rank_agreement(trainer, pl_module)
 
     def all_gather(self, t: torch.Tensor) -> torch.Tensor:
-        """Concatenate ``t`` from every rank along dim 0 (same shape on each). Call on every rank."""
+        """Concatenate ``t`` from every rank along dim 0 (same shape on each). Call on every rank.
+
+        The ranks first agree that none has failed and that the shapes match; otherwise the
+        analysis stops on every rank (no rank is left waiting in the gather).
+        """
         if self.world_size == 1:
             return t
+        try:
+            failed = self.agreement.agree(True, t)
+        except GatherMismatch as exc:
+            raise GatherMismatch(f"visual callback {self.name!r}: {exc}") from None
+        if failed:
+            raise PeerFailed(failed)
         return self.pl_module.all_gather(t).flatten(0, 1)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The trainer's precision context (bf16/fp16 autocast when it trains that way)."""
         return self.trainer.precision_plugin.forward_context()
+
+
+def rank_agreement(trainer: pl.Trainer, pl_module: pl.LightningModule) -> RankAgreement:
+    """The agreement of one analysis over the trainer's ranks."""
+    return RankAgreement(trainer.strategy.all_gather, trainer.world_size, pl_module.device)
 
 
 def network_of(pl_module: nn.Module) -> nn.Module:
@@ -111,7 +135,7 @@ class VisualizationCallback(pl.Callback):
         self.logged_epochs: list[int] = []
         self._probe: Probe | None = None
         self._handles: list[Any] = []
-        self._stream_errors: list[str] = []
+        self._stream_errors: list[Exception] = []
 
     # ---- what subclasses implement -------------------------------------------------------------
     def analyze(self, model: nn.Module, probe: Probe, ctx: AnalysisContext) -> VizResult | None:
@@ -144,6 +168,11 @@ class VisualizationCallback(pl.Callback):
         return bool(self.on_last_epoch and trainer.max_epochs and epoch == trainer.max_epochs - 1)
 
     # ---- Lightning hooks -----------------------------------------------------------------------
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer.world_size > 1:  # whatever strategy started the ranks (see process_group)
+            destroy_process_group_at_exit()
+
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._remove_hooks()
@@ -214,27 +243,33 @@ class VisualizationCallback(pl.Callback):
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         started = time.perf_counter()
         model = network_of(pl_module)
-        error: str | None = None
+        agreement = rank_agreement(trainer, pl_module)
+        nonfinite = nonfinite_parameters(model)
+        if agreement.agree(not nonfinite):  # the same on every rank: DDP keeps weights equal
+            rank_zero_warn(
+                f"visual callback {self.name!r} skipped at epoch {trainer.current_epoch}: "
+                f"non-finite weights ({', '.join(nonfinite[:3]) or 'on another rank'}); "
+                "nothing drawn."
+            )
+            return
+        error = self._stream_errors[0] if self._stream_errors else None
+        mismatch: GatherMismatch | None = None
         result: VizResult | None = None
-        if self._stream_errors:
-            error = self._stream_errors[0]
-        else:
+        if error is None:
             try:
-                ctx = AnalysisContext(trainer, pl_module, model)
+                ctx = AnalysisContext(trainer, pl_module, model, agreement, self.name)
                 probe = self.probe(trainer, pl_module.device)
                 with isolated(model), torch.enable_grad() if self.grad else torch.no_grad():
                     result = self.analyze(model, probe, ctx)
+            except PeerFailed:
+                pass
+            except GatherMismatch as exc:
+                mismatch = exc
             except Exception as exc:
-                if self.strict:
-                    raise
-                error = "".join(traceback.format_exception(exc))
-        if error is not None:
-            if self.strict:
-                raise RuntimeError(f"{self.name} failed:\n{error}")
-            rank_zero_warn(
-                f"visual callback {self.name!r} failed at epoch {trainer.current_epoch}; "
-                f"training continues.\n{error}"
-            )
+                error = exc
+        failed = agreement.agree(error is None)  # before returning: every rank ends here
+        if failed:
+            report_failure(self.name, trainer, failed, error, mismatch, self.strict)
             return
         self.logged_epochs.append(trainer.current_epoch)
         if trainer.is_global_zero and result is not None:
@@ -247,15 +282,16 @@ class VisualizationCallback(pl.Callback):
         ANALYSIS_TIMES.record(self.name, time.perf_counter() - started)
 
     def _guarded(self, fn: Callable) -> Callable:
+        """A forward hook that records the first error instead of raising inside validation (an
+        error on one rank only would leave the others waiting); ``_run`` reports it."""
+
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if self._stream_errors:
                 return
             try:
                 fn(module, inputs, output)
             except Exception as exc:
-                if self.strict:
-                    raise
-                self._stream_errors.append("".join(traceback.format_exception(exc)))
+                self._stream_errors.append(exc)
 
         return hook
 
@@ -263,40 +299,3 @@ class VisualizationCallback(pl.Callback):
         for h in self._handles:
             h.remove()
         self._handles = []
-
-
-@contextlib.contextmanager
-def isolated(model: nn.Module) -> Iterator[None]:
-    """Eval mode inside; afterwards restore every module's mode, hooks added inside, the parameters'
-    ``requires_grad`` and ``.grad``, and the torch / CUDA / NumPy / Python RNG states."""
-    modes = {m: m.training for m in model.modules()}
-    hook_keys = {m: {a: set(getattr(m, a)) for a in _HOOK_DICTS} for m in model.modules()}
-    params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
-    rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())
-    cuda_rng = (
-        torch.cuda.get_rng_state_all()
-        if torch.cuda.is_available() and torch.cuda.is_initialized()
-        else None
-    )
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes.items():
-            m.training = training
-        for m, keys in hook_keys.items():
-            for attr, before in keys.items():
-                hooks = getattr(m, attr)
-                for k in set(hooks) - before:
-                    del hooks[k]
-        for p, requires_grad, grad in params:
-            p.requires_grad_(requires_grad)
-            p.grad = grad
-        torch.set_rng_state(rng[0])
-        np.random.set_state(rng[1])
-        random.setstate(rng[2])
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
-
-
-_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
