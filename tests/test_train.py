@@ -142,6 +142,22 @@ def test_divergence_after_a_good_epoch_names_last_checkpoint(tiny, capsys):
     assert all(torch.isfinite(t).all() for t in saved["state_dict"].values())
 
 
+@pytest.mark.slow
+def test_divergence_under_ddp_stops_every_rank_with_one_message(tmp_path):
+    run = tmp_path / "ddp"
+    poison = "callbacks.poison._target_=tests.train_helpers.PoisonAt"
+    args = tiny_overrides(run, "trainer.devices=2", "trainer.max_epochs=3", poison)
+    p = _run([sys.executable, "-m", "zflight.train", *args], timeout=240)
+    assert p.returncode == 1, p.stderr[-3000:]
+    assert p.stderr.count("error: training diverged") == 1, "said once, by rank 0"
+    assert "at epoch 1, batch 0" in p.stderr and "(end of epoch 0)" in p.stderr
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["epoch"] == 0 and torch.isfinite(saved["state_dict"][WEIGHT]).all()
+
+
+WEIGHT = "model.features.conv1.weight"
+
+
 def _run(
     args: list[str], env_extra: dict[str, str] | None = None, timeout: int = 300
 ) -> subprocess.CompletedProcess:

@@ -87,7 +87,7 @@ class LastCheckpoint(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if trainer.is_global_zero and self.path.parent.is_dir():  # left by a kill during a save
-            for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            for stale in self.path.parent.glob(".*.ckpt.*.tmp"):  # last.ckpt's or best.ckpt's
                 stale.unlink(missing_ok=True)
 
     def on_save_checkpoint(
