@@ -88,15 +88,17 @@ def test_scores_and_panels_on_a_model_with_known_evidence():
     assert 0.3 < shares[0] < 0.7  # windows that overlap the mask also drop outside it
     assert result.scalars["pointing_game"] == pytest.approx(np.mean(hits))
     assert result.scalars["drop_mass_in_mask"] == pytest.approx(np.mean(shares), abs=1e-5)
-    panels = result.figures["panels"]
-    assert len(panels) == 2 and all(p.image.dtype == np.uint8 and p.image.ndim == 3 for p in panels)
-    assert panels[0].caption.startswith("Occlusion of probe 0 (true left, predicted left)")
-    assert "colour bar 0 to 1" in panels[0].caption and "deconvnet projection" in panels[0].caption
+    fig = result.figures["panels"]  # one figure: a titled panel per probe image, stacked
+    assert fig.image.dtype == np.uint8 and fig.image.ndim == 3
+    assert fig.caption.startswith("Occlusion of 2 probe images (0 misclassified) by a 6 px square")
+    assert "p(the true class) with the square at each position (colour bar 0 to 1)" in fig.caption
+    assert "deconvnet projection" in fig.caption and "Scores use these images." in fig.caption
     tile = SIZE * 7  # enlarged to at least 128 px
-    assert panels[0].image.shape[1] >= 5 * tile  # image, p(true), labels, feature, deconv
+    assert fig.image.shape[1] >= 5 * tile  # image, p(true), labels, feature, deconv
+    assert fig.image.shape[0] >= 2 * tile  # two panels
     narrow = Occlusion(size=K, stride=4, feature_layer="conv1", deconv=False, strict=True)
-    panel = narrow.analyze(model, probe, FakeContext()).figures["panels"][0]
-    assert panel.image.shape[1] < panels[0].image.shape[1] - tile
+    panel = narrow.analyze(model, probe, FakeContext()).figures["panels"]
+    assert panel.image.shape[1] < fig.image.shape[1] - tile
     assert "deconvnet" not in panel.caption
 
 
@@ -116,7 +118,7 @@ def test_model_without_trunk_gets_three_tiles_and_no_scores():
     probe = Probe(torch.randn(2, 3, 16, 16), torch.tensor([0, 2]), None)
     result = Occlusion(size=4, stride=4, strict=True).analyze(model, probe, FakeContext())
     assert result.scalars == {}
-    panel = result.figures["panels"][0].image
+    panel = result.figures["panels"].image
     assert 3 * 128 <= panel.shape[1] < 4 * 128 + 60  # the p(true) tile carries a colour bar
 
 

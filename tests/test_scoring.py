@@ -110,4 +110,5 @@ def test_occlusion_scores_are_those_of_its_64_score_images():
     assert result.scalars["drop_mass_in_mask"] == pytest.approx(
         mass_in_mask(drops, scored.masks).mean().item(), abs=1e-6
     )
-    assert len(result.figures["panels"]) == 3  # pictures: the drawn probes only
+    assert result.figures["panels"].caption.startswith("Occlusion of 3 probe images")  # drawn only
+    assert "Scores use 64 other validation images." in result.figures["panels"].caption

@@ -92,7 +92,9 @@ class HeatMaps(VisualizationCallback):
                 scalars[f"{prefix}pointing_game"] = pointing_game(maps, masks).float().mean().item()
                 scalars[f"{prefix}mass_in_mask"] = mass_in_mask(maps, masks).mean().item()
         rows = row_order(preds != labels, len(probe.labels), self.num_rows)
-        figure = self._figure(both, rows, probs, cams, sal, len(scored.labels), ctx.epoch)
+        figure = self._figure(
+            both, rows, probs, cams, sal, 0 if scored is probe else len(scored.labels), ctx.epoch
+        )
         return VizResult(figures={"maps": figure}, scalars=scalars)
 
     def _figure(
@@ -102,7 +104,7 @@ class HeatMaps(VisualizationCallback):
         probs: torch.Tensor,
         cams: torch.Tensor,
         sal: torch.Tensor,
-        num_scored: int,
+        num_scored: int,  # 0: the probes themselves
         epoch: int,
     ) -> Figure:
         names = probe.class_names
@@ -143,7 +145,12 @@ class HeatMaps(VisualizationCallback):
         text = (
             f"Grad-CAM at {self.layer} and input-gradient saliency for {len(rows)} validation "
             f"images ({wrong} misclassified, shown first), epoch {epoch}; each map scaled to its "
-            f"maximum. Scores use {num_scored} other validation images."
+            "maximum. "
+            + (
+                f"Scores use {num_scored} other validation images."
+                if num_scored
+                else "Scores use the drawn probes."
+            )
         )
         return Figure(title_bar(body, title, note), text)
 

@@ -13,13 +13,14 @@ from zflight.analysis.images import (
     caption,
     class_colours,
     colormap,
+    contrast,
     fmt_percent,
     hstack,
     legend,
+    marked_tile,
     overlay,
     resize,
     title_bar,
-    to_uint8,
     vstack,
     with_colorbar,
 )
@@ -124,7 +125,23 @@ class Occlusion(VisualizationCallback):
             projections = Deconvnet(model.features).project(
                 probe.images, self.feature_layer, maps.channel
             )
-        return VizResult(figures={"panels": self.panels(probe, maps, projections)}, scalars=scalars)
+        panels = self.panels(probe, maps, projections)
+        wrong = int((maps.base_label != probe.labels.to(maps.base_label.device)).sum())
+        what = f"one {self.feature_layer} map" if maps.channel is not None else ""
+        scores = (
+            "Scores use these images."
+            if scored is probe
+            else f"Scores use {len(scored.labels)} other validation images."
+        )
+        text = (
+            f"Occlusion of {len(panels)} probe images ({wrong} misclassified) by a {self.size} px "
+            f"square every {self.stride} px. Per image: "
+            + self._shown("the true class", what, projections is not None)
+            + " "
+            + scores
+        )
+        figure = Figure(vstack([f.image for f in panels], pad=6), text)
+        return VizResult(figures={"panels": figure}, scalars=scalars)
 
     def _maps(
         self, model: nn.Module, probe: Probe, ctx: AnalysisContext, feature_layer: str | None
@@ -175,31 +192,39 @@ class Occlusion(VisualizationCallback):
                 f = feature[i]
                 what = f"{self.feature_layer} #{int(maps.channel[i])}"
                 lo, hi = float(f.min()), float(f.max())
-                heat = resize(colormap(f, "inferno", lo, hi), img.shape[:2], nearest=False)
-                tiles.append(caption(with_colorbar(heat, lo, hi, "inferno"), f"{what} total"))
+                silent = marked_tile(img.shape[:2], "silent")  # no map fires on this image
+                heat = silent
+                if hi > 0:
+                    heat = resize(colormap(f, "inferno", lo, hi), img.shape[:2], nearest=False)
+                    heat = with_colorbar(heat, lo, hi, "inferno")
+                tiles.append(caption(heat, f"{what} total"))
                 if projections is not None:
-                    tiles.append(
-                        caption(resize(to_uint8(projections[i]), img.shape[:2]), f"deconv {what}")
-                    )
+                    deconv = resize(contrast(projections[i]), img.shape[:2]) if hi > 0 else silent
+                    tiles.append(caption(deconv, f"deconv {what}"))
             verdict = "right" if t == pred else f"wrong: predicted {predicted}"
             title = f"Occlusion, probe {i}: {true} ({verdict})"
-            shown = [
-                f"p({true}) with the square at each position (colour bar 0 to 1)",
-                "the most probable class there (legend)",
-            ]
-            if what:
-                shown.append(
-                    f"the total activation of {what}, the strongest {self.feature_layer} map of "
-                    "the unoccluded image (colour bar)"
-                )
-            if projections is not None:
-                shown.append(f"the deconvnet projection of {what}")
             text = (
                 f"Occlusion of probe {i} (true {true}, predicted {predicted}) by a "
-                f"{self.size} px square every {self.stride} px: " + "; ".join(shown) + "."
+                f"{self.size} px square every {self.stride} px: "
+                + self._shown(true, what, projections is not None)
             )
             figures.append(Figure(title_bar(hstack(tiles, pad=2), title), text))
         return figures
+
+    def _shown(self, true: str, what: str, projected: bool) -> str:
+        """What one panel shows, in words (``what``: the tracked feature, "" without one)."""
+        shown = [
+            f"p({true}) with the square at each position (colour bar 0 to 1)",
+            "the most probable class there (legend)",
+        ]
+        if what:
+            shown.append(
+                f"the total activation of {what}, the {self.feature_layer} map strongest on the "
+                "unoccluded image (colour bar)"
+            )
+        if what and projected:
+            shown.append("its deconvnet projection")
+        return "; ".join(shown) + "."
 
 
 def label_tile(labels: torch.Tensor, names: list[str], size: tuple[int, int]) -> np.ndarray:
