@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from zflight.analysis.deconvnet import Deconvnet, receptive_field, resolve_layer
-from zflight.analysis.images import contrast, denormalize, marked_tile, resize, to_uint8
+from zflight.analysis.images import (
+    SILENT_GRAY,
+    contrast,
+    denormalize,
+    marked_tile,
+    resize,
+    to_uint8,
+)
 from zflight.analysis.topk import crop, unit_boxes
 from zflight.callbacks.deconv import DeconvTopK, FeatureEvolution, channel_count, seeded_channels
 from zflight.callbacks.results import Figure, Probe
@@ -145,6 +152,15 @@ def test_analyze_draws_one_figure_per_layer_and_counts_silent_features(setup):
     for c in range(n_conv1):
         marked = all(np.array_equal(t, silent) for t in proj[c] + patches[c])
         assert marked == (c in (0, 3))
+    with torch.no_grad():
+        _stream(every, model, images)
+        drawn = every.analyze(model, probe, FakeContext()).figures["conv1"]
+    assert drawn.caption.endswith("; 2 silent.")
+    # each silent feature is one hatched block over its two 2x2 grids (k=3): 8 tile areas, about
+    # 7/8 of them background gray; 6 separate hatched tiles would cover less than 6 tile areas
+    hatched = (drawn.image == SILENT_GRAY).all(-1).sum()
+    area = proj[0][0].shape[0] * proj[0][0].shape[1]
+    assert hatched > 2 * 8 * area * 0.8
     assert "2 silent" not in fig.caption  # the drawn features were chosen at random
     assert fig.caption.startswith("conv1: top 9 activations of 4 features")
 

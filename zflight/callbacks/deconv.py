@@ -14,7 +14,7 @@ from torch import nn
 from typing_extensions import override
 
 from zflight.analysis.deconvnet import resolve_layer
-from zflight.analysis.images import caption, fmt, grid, hstack, title_bar
+from zflight.analysis.images import caption, fmt, grid, hstack, marked_tile, title_bar
 from zflight.analysis.topk import TopK
 from zflight.callbacks.base import AnalysisContext
 from zflight.callbacks.evolution import FeatureEvolution
@@ -131,12 +131,12 @@ class DeconvTopK(MiningCallback):
         cells = []
         for channel, p, q, value in zip(top.channels.tolist(), proj, patches, best):
             side = math.ceil(math.sqrt(len(p)))
-            head = (
-                f"feature {channel}: max {fmt(value)}"
-                if value > 0
-                else f"feature {channel}: silent"
-            )
-            cells.append(caption(hstack([grid(p, side, pad=1), grid(q, side, pad=1)], pad=3), head))
+            block = hstack([grid(p, side, pad=1), grid(q, side, pad=1)], pad=3)
+            if value > 0:
+                cells.append(caption(block, f"feature {channel}: max {fmt(value)}"))
+            else:  # one hatched block instead of 2k identical tiles
+                text = "silent: never active on the validation set"
+                cells.append(caption(marked_tile(block.shape[:2], text), f"feature {channel}"))
         silent = sum(v <= 0 for v in best)
         title = (
             f"Deconvnet, {layer}, epoch {epoch}: "
