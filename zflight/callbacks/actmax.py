@@ -13,7 +13,6 @@ from zflight.analysis.actmax import activation_maximization
 from zflight.analysis.images import (
     add_border,
     caption,
-    flag,
     fmt,
     grid,
     resize,
@@ -22,6 +21,8 @@ from zflight.analysis.images import (
 )
 from zflight.callbacks.base import AnalysisContext, VisualizationCallback
 from zflight.callbacks.results import Figure, Probe, VizResult
+
+_RED = (210, 30, 30)
 
 
 class ActivationMaximization(VisualizationCallback):
@@ -152,7 +153,7 @@ class ActivationMaximization(VisualizationCallback):
         head = f"{label}: {fmt(act)}"
         if act > 0:
             return caption(add_border(tile, (255, 255, 255), 3), head)
-        return caption(flag(tile, "not reached"), head)
+        return caption(add_border(tile, _RED, 3), f"{head}, not reached", colour=_RED, bold=True)
 
     def _figure(
         self, layer: str, tiles: list[np.ndarray], reached: int, total: int, epoch: int
