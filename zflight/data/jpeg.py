@@ -10,16 +10,19 @@ crops from the same random numbers, so they differ only by interpolation roundin
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import find_classes, make_dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
+
+from zflight.data.files import index_images, load_or_skip
 
 Box = tuple[int, int, int, int]  # top, left, height, width
 
@@ -65,7 +68,16 @@ def decode_jpegs(data: list[torch.Tensor], device: torch.device | str) -> list[t
 
 
 def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return decode_image(data, mode=ImageReadMode.RGB).to(device)
+    """One file of any format: torchvision's decoders (JPEG, PNG, WEBP, GIF), else PIL (BMP, PPM,
+    TIFF)."""
+    try:
+        image = decode_image(data, mode=ImageReadMode.RGB)
+    except RuntimeError:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data.numpy().tobytes())) as im:
+            image = torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
+    return image.to(device)
 
 
 def resized_crop(image: torch.Tensor, box: Box, size: int) -> torch.Tensor:
@@ -182,15 +194,22 @@ class JpegPipeline:
         image = decode_jpegs([data], "cpu")[0]
         return self.augment([image], train, generator)[0]
 
-    def dataset(self, root: str | Path, train: bool, normalized: bool = False) -> JpegFolder:
-        """The items of ``root/<class>/*.jpg`` as this pipeline's DataLoader workers produce them.
+    def dataset(
+        self,
+        root: str | Path,
+        train: bool,
+        normalized: bool = False,
+        samples: list[tuple[str, int]] | None = None,
+    ) -> JpegFolder:
+        """The images of ``root/<class>/`` as this pipeline's DataLoader workers produce them.
 
         ``normalized=True``: finished float images instead, decoded in the caller (for the
         visual callbacks' probe set, which indexes the validation data set directly).
+        ``samples``: (path, label) pairs already indexed (and checked) by the caller.
         """
         if normalized:
-            return JpegFolder(root, self, train, normalize=True)
-        return JpegFolder(root, self if self.decode == "workers" else None, train)
+            return JpegFolder(root, self, train, normalize=True, samples=samples)
+        return JpegFolder(root, self if self.decode == "workers" else None, train, samples=samples)
 
     def collate(self, samples: list[tuple[torch.Tensor, int]]) -> tuple[Any, torch.Tensor]:
         """``DataLoader`` collate_fn: ``(EncodedImages, labels)`` or ``(uint8 images, labels)``."""
@@ -211,8 +230,12 @@ class JpegPipeline:
 
 
 class JpegFolder(Dataset):
-    """ImageFolder-layout JPEGs: ``(file bytes, label)``, or with a pipeline ``(uint8 crop, label)``,
-    or with ``normalize`` too ``(normalised float crop, label)``."""
+    """ImageFolder-layout images: ``(file bytes, label)``, or with a pipeline ``(uint8 crop, label)``,
+    or with ``normalize`` too ``(normalised float crop, label)``.
+
+    Every format of ``files.IMAGE_SUFFIXES`` is read (JPEGs fastest). ``samples`` skips indexing the
+    folder; a file that fails to decode in a worker is skipped and named (``load_or_skip``).
+    """
 
     def __init__(
         self,
@@ -220,24 +243,28 @@ class JpegFolder(Dataset):
         pipeline: JpegPipeline | None = None,
         train: bool = False,
         normalize: bool = False,
-        extensions: tuple[str, ...] = (".jpg", ".jpeg"),
+        samples: list[tuple[str, int]] | None = None,
     ) -> None:
         if normalize and pipeline is None:
             raise ValueError("normalize=True needs a pipeline")
         self.root = Path(root)
-        self.classes, self.class_to_idx = find_classes(str(self.root))
-        self.samples = make_dataset(str(self.root), self.class_to_idx, extensions=extensions)
+        self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        if samples is None:
+            samples = index_images(self.root, self.classes).samples
+        self.samples = samples
         self.pipeline, self.train, self.normalize = pipeline, train, normalize
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path, label = self.samples[index]
-        data = read_file(path)
         if self.pipeline is None:
-            return data, label
-        image = self.pipeline.load(data, self.train)
+            return read_file(self.samples[index][0]), self.samples[index][1]
+        return load_or_skip(self.samples, index, self._load)
+
+    def _load(self, path: str) -> torch.Tensor:
+        image = self.pipeline.load(read_file(path), self.train)
         if self.normalize:
             image = self.pipeline.normalize(image[None])[0]
-        return image, label
+        return image

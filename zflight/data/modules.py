@@ -12,6 +12,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
+from zflight.data.files import (
+    DataError,
+    PilImages,
+    image_files,
+    index_images,
+    report_bad_files,
+)
 from zflight.data.shapes import ShapesDataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -133,7 +140,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     ``decode``: ``"auto"`` (JPEGs decoded in batches on the GPU when there is one, else in the
     DataLoader workers; see ``zflight.data.jpeg``), ``"device"``, ``"workers"``, or
-    ``"torchvision"`` (PIL transforms; also used for ten-crop evaluation and non-JPEG folders).
+    ``"torchvision"`` (PIL transforms; also used for ten-crop evaluation). Every format of
+    ``IMAGE_SUFFIXES`` is read. Files are checked when the module is built: unreadable ones are
+    skipped with one warning naming them, or past ``files.bad_file_limit`` raise ``DataError``.
     Batches are ``(images, labels)``; with ``ten_crop`` validation images are (B, 10, 3, 224, 224).
     """
 
@@ -164,6 +173,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 size=image_size, resize=resize, mean=self.mean, std=self.std, decode=decode
             )
         self.class_names: list[str] = check_image_folder(self.root)
+        self.index = {s: index_images(self.root / s, self.class_names) for s in ("train", "val")}
+        for split, index in self.index.items():
+            report_bad_files(index, self.root / split)
 
     @property
     def num_classes(self) -> int:
@@ -171,12 +183,14 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.pipe is not None:
-            self.val_dataset = self.pipe.dataset(self.root / "val", train=False, normalized=True)
-            self._val_loader_dataset = self.pipe.dataset(self.root / "val", train=False)
+            val, train = self.index["val"].samples, self.index["train"].samples
+            self.val_dataset = self.pipe.dataset(
+                self.root / "val", train=False, normalized=True, samples=val
+            )
+            self._val_loader_dataset = self.pipe.dataset(self.root / "val", False, samples=val)
             if stage in (None, "fit"):
-                self.train_dataset = self.pipe.dataset(self.root / "train", train=True)
+                self.train_dataset = self.pipe.dataset(self.root / "train", True, samples=train)
             return
-        from torchvision import datasets
         from torchvision import transforms as T
 
         norm = T.Normalize(self.mean, self.std)
@@ -194,9 +208,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             val_tf = T.Compose(
                 [T.Resize(self.resize), T.CenterCrop(self.image_size), T.ToTensor(), norm]
             )
-        self.val_dataset = self._val_loader_dataset = datasets.ImageFolder(
-            str(self.root / "val"), val_tf
-        )
+        self.val_dataset = self._val_loader_dataset = PilImages(self.index["val"].samples, val_tf)
         if stage in (None, "fit"):
             train_tf = T.Compose(
                 [
@@ -207,7 +219,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
                     norm,
                 ]
             )
-            self.train_dataset = datasets.ImageFolder(str(self.root / "train"), train_tf)
+            self.train_dataset = PilImages(self.index["train"].samples, train_tf)
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
         pin = self.pipe is None or self.pipe.decode == "workers"
@@ -234,32 +246,31 @@ class ImageFolderDataModule(pl.LightningDataModule):
         return self.pipe.finish(batch, train=self.trainer is not None and self.trainer.training)
 
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
-
-
 def check_image_folder(root: Path) -> list[str]:
-    """Class names of an ImageNet-layout folder, or a ValueError saying what layout was expected."""
+    """Class names of an ImageNet-layout folder, or a ValueError saying what layout was expected
+    (a ``DataError`` naming the classes when train and val differ)."""
     layout = (
         f"expected {root}/train/<class>/<image> and {root}/val/<class>/<image> (ImageNet layout)"
     )
     if not root.is_dir():
         raise ValueError(f"data.root={str(root)!r} is not a directory; {layout}")
-    classes = None
+    found = {}
     for split in ("train", "val"):
         d = root / split
         names = sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
         if not names:
             raise ValueError(f"{d} has no class folders; {layout}")
-        empty = [
-            n
-            for n in names
-            if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in (d / n).iterdir())
-        ]
+        empty = [n for n in names if not image_files(d / n)]
         if empty:
             raise ValueError(
                 f"{d} has class folders without images: {', '.join(empty[:5])}; {layout}"
             )
-        if classes is not None and names != classes:
-            raise ValueError(f"train and val class folders differ under {root}; {layout}")
-        classes = names
-    return classes
+        found[split] = names
+    if found["train"] != found["val"]:
+        only = [
+            f"only in {a}: {', '.join(sorted(set(found[a]) - set(found[b]))[:10])}"
+            for a, b in (("train", "val"), ("val", "train"))
+            if set(found[a]) - set(found[b])
+        ]
+        raise DataError(f"train and val class folders differ under {root} ({'; '.join(only)})")
+    return found["train"]
