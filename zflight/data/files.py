@@ -1,6 +1,6 @@
 """The image files of an ImageNet-layout folder, checked cheaply, and what to do with bad ones.
 
-Indexing reads each file's first bytes (about 40 µs a file): empty files, files that cannot be
+Indexing reads each file's first 16 bytes (about 0.1 ms a file with the listing): empty files, files that cannot be
 opened and files that are not an image of a known format are found before training and listed in
 one warning, or, past ``bad_file_limit``, stop the run with a ``DataError`` naming them. A file
 whose header is fine but whose body is damaged is found when it is first decoded: the data sets
