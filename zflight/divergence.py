@@ -19,7 +19,11 @@ class Diverged(RunFailure):
 
 
 class StopOnDivergence(pl.Callback):
-    """Checks each training step's loss; the ranks agree (one boolean all-reduce) before stopping.
+    """Checks every training step's loss and stops at the first that is not finite.
+
+    A step's check is read at the end of the next step (or before validation, or at the end of the
+    epoch), so the host never waits for the step just queued on the GPU; under DDP the ranks agree
+    (one boolean all-reduce) so that all of them stop together.
 
     Args:
         last: the run's ``LastCheckpoint`` (where the last good weights are).
@@ -29,6 +33,7 @@ class StopOnDivergence(pl.Callback):
     def __init__(self, last: LastCheckpoint, resumed_from: str | None = None) -> None:
         self.last = last
         self.resumed_from = resumed_from
+        self._pending: tuple[torch.Tensor, int, int, int] | None = None
 
     def on_train_batch_end(
         self,
@@ -38,21 +43,36 @@ class StopOnDivergence(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
+        self.check(trainer)
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if not isinstance(loss, torch.Tensor):
+        if isinstance(loss, torch.Tensor):
+            step = trainer.global_step - 1  # the optimizer step this loss led to
+            self._pending = (loss.detach().float(), trainer.current_epoch, batch_idx, step)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit":
+            self.check(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.check(trainer)
+
+    def check(self, trainer: pl.Trainer) -> None:
+        """Raise ``Diverged`` (on every rank) if the pending step's loss is not finite."""
+        if self._pending is None:
             return
-        bad = not bool(torch.isfinite(loss.detach()).all())
+        loss, epoch, batch_idx, step = self._pending
+        self._pending = None
+        bad = not bool(torch.isfinite(loss).all())
         if trainer.world_size > 1:
             bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
         if bad:
-            raise Diverged(
-                self.message(trainer, float(loss), batch_idx), not trainer.is_global_zero
-            )
+            message = self.message(float(loss), epoch, batch_idx, step)
+            raise Diverged(message, quiet=not trainer.is_global_zero)
 
-    def message(self, trainer: pl.Trainer, loss: float, batch_idx: int) -> str:
+    def message(self, loss: float, epoch: int, batch_idx: int, step: int) -> str:
         where = (
-            f"training diverged: the loss is {loss} at epoch {trainer.current_epoch}, "
-            f"batch {batch_idx} (global step {trainer.global_step - 1}); training stopped."
+            f"training diverged: the loss is {loss} at epoch {epoch}, batch {batch_idx} "
+            f"(global step {step}); training stopped."
         )
         if self.last.saved_epoch is not None:
             back, when = self.last.path, f" (end of epoch {self.last.saved_epoch})"

@@ -69,7 +69,7 @@ def train(overrides: list[str] | None = None) -> dict[str, Any]:
     logger = build.build_logger(cfg, run_dir)
     watch = [RunRecord(), *quiet_console(logger)]  # gallery numbers; progress, analyses, summary
     trainer = build.build_trainer(
-        cfg, run_dir, [*callbacks, last, StopOnDivergence(last, cfg.resume), *watch], logger
+        cfg, run_dir, [*callbacks, StopOnDivergence(last, cfg.resume), last, *watch], logger
     )
     if trainer.is_global_zero:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
