@@ -133,3 +133,25 @@ def test_two_process_gloo_ddp_equals_single_process_full_batches(tmp_path):
     got = torch.load(out)
     for name, value in net.state_dict().items():
         torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_process_group_is_destroyed_at_exit(tmp_path, monkeypatch):
+    """A gloo group left alive at interpreter exit aborts a rank now and then (SIGABRT)."""
+    import atexit
+
+    import torch.distributed as dist
+
+    from zflight import process_group
+    from zflight.strategy import CleanExitDDPStrategy
+
+    registered = []
+    monkeypatch.setattr(atexit, "register", registered.append)
+    monkeypatch.setattr(process_group, "_registered", False)
+    process_group.destroy_process_group_at_exit()
+    process_group.destroy_process_group_at_exit()
+    assert registered == [process_group._destroy], "registered once per process"
+    assert isinstance(build_strategy(2, 1, {"backend": "gloo"}), CleanExitDDPStrategy)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    registered[0]()
+    assert not dist.is_initialized()
+    registered[0]()  # nothing left to destroy: a no-op
