@@ -34,6 +34,7 @@ COLUMNS: dict[str, tuple[str, Callable[[dict[str, float]], float]]] = {
     "band_mid": ("conv1 mid-band share", lambda v: v.get("conv1/band_mid", math.nan)),
     "aliasing_rel": ("conv1 aliasing / noise", lambda v: v.get("conv1/aliasing_rel", math.nan)),
     "cos_start": ("conv1 cos to start", lambda v: v.get("conv1/cos_start", math.nan)),
+    "at_radius": ("conv1 at RMS radius", lambda v: v.get("conv1/at_radius", math.nan)),
     "gridding": ("conv2 gridding", lambda v: v.get("conv2/gridding", math.nan)),
     "gridding_rel": ("conv2 gridding / start", lambda v: v.get("conv2/gridding_rel", math.nan)),
 }
@@ -196,7 +197,8 @@ def write_report(
         "noise` is the mean share above Nyquist over white noise's (1 = as much as noise). conv2 "
         "gridding is the peak-to-neighbour power ratio at the harmonics of the stride below conv2 "
         "(4 px in ZFNet, 8 px in AlexNet-style) in its deconvnet projections cropped to their "
-        "receptive field; `/ start` divides it by the same network's at its random start.",
+        "receptive field; `/ start` divides it by the same network's at its random start. `at RMS "
+        "radius`: share of filters the 0.1 RMS rule holds (0: the rule never bites).",
         "",
         "## What the fine texture changes",
         "",
