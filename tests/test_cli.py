@@ -132,3 +132,21 @@ def test_bad_input_in_a_subprocess_has_no_traceback(tmp_path):
     )
     assert p.returncode == 2 and "Traceback" not in p.stderr + p.stdout
     assert p.stderr.strip().splitlines()[-1].startswith("error: callbacks.deconv.selction:")
+
+
+def test_existing_run_directory_that_cannot_be_written(tmp_path, capsys, monkeypatch):
+    # what a read-only mount gives even to root (who ignores chmod): EROFS on creating a file
+    import errno
+
+    import zflight.run_dir
+
+    def read_only(*args, dir=None, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dir))
+
+    monkeypatch.setattr(zflight.run_dir.tempfile, "mkstemp", read_only)
+    (tmp_path / "run").mkdir()
+    code = main(tiny_overrides(tmp_path / "run"))
+    one_line_error(
+        capsys, code, f"run_dir: cannot write to {tmp_path / 'run'}: Read-only file system"
+    )
+    assert list((tmp_path / "run").iterdir()) == []
