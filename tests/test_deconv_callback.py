@@ -17,7 +17,7 @@ from zflight.analysis.images import (
     resize,
     to_uint8,
 )
-from zflight.analysis.topk import crop, unit_boxes
+from zflight.analysis.topk import crop, image_keys, unit_boxes
 from zflight.callbacks.deconv import DeconvTopK, FeatureEvolution, channel_count, seeded_channels
 from zflight.callbacks.results import Figure, Probe
 from zflight.models import zfnet
@@ -51,13 +51,14 @@ def setup():
     return model, images, probe
 
 
-def _stream(cb, model, images, batch: int = 16) -> None:
+def _stream(cb, model, images, batch: int = 16, labels=None) -> None:
     """What the base does during a scheduled validation epoch."""
     cb.reset_stream()
     handles = [m.register_forward_hook(fn) for m, fn in cb.stream_hooks(model)]
+    labels = torch.zeros(0) if labels is None else labels
     with torch.inference_mode():
         for i in range(0, len(images), batch):
-            cb.current_batch = (images[i : i + batch], torch.zeros(0))
+            cb.current_batch = (images[i : i + batch], labels[i : i + batch])
             model(images[i : i + batch])
     for h in handles:
         h.remove()
@@ -165,6 +166,35 @@ def test_analyze_draws_one_figure_per_layer_and_counts_silent_features(setup):
     assert fig.caption.startswith("conv1: top 9 activations of 4 features")
 
 
+def test_table_lists_each_positive_winner_with_its_class(setup):
+    model, images, probe = setup
+    probe = Probe(probe.images, probe.labels, None, MEAN, STD, ["a", "b", "c", "d"])
+    cb = DeconvTopK(layers=["conv2"], features_per_layer=2, k=3, strict=True)
+    _stream(cb, model, images, labels=torch.arange(40) % 4)
+    with torch.no_grad():
+        result = cb.analyze(model, probe, FakeContext())
+    table = result.tables["conv2/top3"]
+    assert table.columns == [
+        "feature",
+        "rank",
+        "activation",
+        "image",
+        "class",
+        "patch",
+        "projection",
+    ]
+    best, _, _ = _one_shot(model, images, "conv2")
+    keys = {f"{int(k) & (2**64 - 1):016x}": i for i, k in enumerate(image_keys(images))}
+    channels = sorted({row[0] for row in table.rows})
+    assert len(channels) == 2 and len(table.rows) == 6  # every winner of a random net is positive
+    for channel, rank, value, key, name, patch, proj in table.rows:
+        i = keys[key]
+        assert name == "abcd"[i % 4]  # the class of the very image that won
+        assert value == pytest.approx(float(best[channel, i]), rel=1e-5)
+        assert value == pytest.approx(float(best[channel].topk(3).values[rank - 1]), rel=1e-5)
+        assert patch.dtype == np.uint8 and proj.shape == patch.shape
+
+
 def test_most_active_uses_the_probe_then_the_previous_epoch(setup):
     model, images, probe = setup
     cb = DeconvTopK(
@@ -192,7 +222,7 @@ def test_other_ranks_merge_but_draw_nothing(setup):
     ctx = FakeContext(rank=1, world_size=2)
     with torch.no_grad():
         assert cb.analyze(model, probe, ctx) is None
-    assert ctx.gathers == 4
+    assert ctx.gathers == 5  # 4 to merge the top-k, 1 for the winners' classes
 
 
 def test_random_selection_is_seeded():

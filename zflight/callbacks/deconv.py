@@ -9,6 +9,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from typing_extensions import override
@@ -26,7 +27,7 @@ from zflight.callbacks.mining import (
     seeded_channels,
     trunk_of,
 )
-from zflight.callbacks.results import Figure, Probe, VizResult
+from zflight.callbacks.results import Figure, Probe, Table, VizResult
 
 __all__ = ["DeconvTopK", "FeatureEvolution", "channel_count", "seeded_channels", "trunk_of"]
 
@@ -42,7 +43,9 @@ class DeconvTopK(MiningCallback):
     layer's receptive field; a slot without a positive activation is hatched and labelled
     "silent" (the feature never fires) or "inactive" (fewer than k images excite it).
     Scalar ``deconv/<layer>/silent_fraction``: share of the layer's features never positive on
-    the validation set.
+    the validation set. Table ``deconv/<layer>/top<k>`` (a W&B Table, to sort and filter): one
+    row per positive winner: feature, rank, activation, image (a key stable across epochs), the
+    image's class, patch and projection.
 
     Args:
         layers: trunk layers to mine (``convK`` = the rectified map of conv K).
@@ -114,19 +117,54 @@ class DeconvTopK(MiningCallback):
     def analyze(self, model: nn.Module, probe: Probe, ctx: AnalysisContext) -> VizResult | None:
         tops = self.mined(model, probe, ctx)
         self._ranking = {layer: top.values[:, 0].cpu() for layer, top in tops.items()}
+        labels = {layer: self.winner_labels(top, ctx) for layer, top in tops.items()}
         if ctx.rank != 0:
             return None
         result = VizResult()
         for layer, top in tops.items():
-            result.figures[layer] = self._figure(model, layer, top, probe, ctx.epoch)
+            proj, patches = self.crops(model, layer, top, probe)
+            result.figures[layer] = self._figure(layer, top, proj, patches, ctx.epoch)
+            result.tables[f"{layer}/top{self.k}"] = self._table(
+                top, labels[layer], proj, patches, probe.class_names
+            )
             result.scalars[f"{layer}/silent_fraction"] = float(
                 (top.values[:, 0] <= 0).float().mean()
             )
         return result
 
-    def _figure(self, model: nn.Module, layer: str, top: TopK, probe: Probe, epoch: int) -> Figure:
+    def _table(
+        self,
+        top: TopK,
+        labels: torch.Tensor,
+        proj: list[list[np.ndarray]],
+        patches: list[list[np.ndarray]],
+        names: list[str],
+    ) -> Table:
+        """One row per positive winner of each drawn feature, to sort and filter in W&B: the
+        feature, its rank, the activation, the image (its key, stable across epochs), the image's
+        class, the patch and the projection."""
+        rows = []
+        values = top.values[top.channels].tolist()
+        for f, channel in enumerate(top.channels.tolist()):
+            for r, value in enumerate(values[f]):
+                if value <= 0:
+                    break
+                y = int(labels[f, r])
+                name = names[y] if 0 <= y < len(names) else (str(y) if y >= 0 else "?")
+                key = f"{int(top.keys[channel, r]) & (2**64 - 1):016x}"
+                rows.append([channel, r + 1, value, key, name, patches[f][r], proj[f][r]])
+        columns = ["feature", "rank", "activation", "image", "class", "patch", "projection"]
+        return Table(columns, rows)
+
+    def _figure(
+        self,
+        layer: str,
+        top: TopK,
+        proj: list[list[np.ndarray]],
+        patches: list[list[np.ndarray]],
+        epoch: int,
+    ) -> Figure:
         """One cell per feature (projections | patches), a title bar and a caption."""
-        proj, patches = self.crops(model, layer, top, probe)
         best = top.values[top.channels, 0].tolist()
         cells = []
         for channel, p, q, value in zip(top.channels.tolist(), proj, patches, best):

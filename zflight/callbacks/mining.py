@@ -77,6 +77,8 @@ class MiningCallback(VisualizationCallback):
         self._keyed_batch: Any = None
         self._keys: torch.Tensor | None = None
         self._maps: dict[str, torch.Tensor] = {}
+        self._seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.seen_labels: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def stored_channels(self, layer: str, model: nn.Module, probe: Probe | None) -> list[int]:
         """Channels of ``layer`` whose winning images are kept (and drawn)."""
@@ -90,6 +92,7 @@ class MiningCallback(VisualizationCallback):
     @override
     def reset_stream(self) -> None:
         self._miners, self._keyed_batch, self._keys, self._maps = {}, None, None, {}
+        self._seen = []
 
     @override
     def stream_hooks(self, model: nn.Module) -> list[tuple[nn.Module, Callable]]:
@@ -125,6 +128,15 @@ class MiningCallback(VisualizationCallback):
                 )
             if self._keyed_batch is not batch:  # one key computation per batch, shared by layers
                 self._keyed_batch, self._keys = batch, image_keys(images)
+                labels = batch[1] if len(batch) > 1 else None
+                if (
+                    isinstance(labels, torch.Tensor)
+                    and len(labels)
+                    and len(images) % len(labels) == 0
+                ):
+                    self._seen.append(
+                        (self._keys, labels.repeat_interleave(len(images) // len(labels)))
+                    )
             maxima = None
             if not own_output and pool_keeps_maximum(module, acts.shape[2:], output.shape[2:]):
                 maxima = output.amax(dim=(2, 3))
@@ -146,13 +158,33 @@ class MiningCallback(VisualizationCallback):
             trunk = trunk_of(model)
             targets = {resolve_layer(trunk, layer): m for layer, m in self._miners.items()}
             x, keys = probe.images, image_keys(probe.images)
+            self._seen = [(keys, probe.labels)]
             for i, module in enumerate(list(trunk)[: max(targets) + 1]):
                 x = module(x)
                 if i in targets:
                     targets[i].update(x, probe.images, keys)
-        miners = self._miners
+        miners, seen = self._miners, self._seen
         self.reset_stream()
+        self.seen_labels = (
+            (torch.cat([k for k, _ in seen]), torch.cat([y for _, y in seen])) if seen else None
+        )
         return {layer: m.result().gathered(ctx.all_gather).sorted() for layer, m in miners.items()}
+
+    def winner_labels(self, top: TopK, ctx: AnalysisContext) -> torch.Tensor:
+        """(F, k) class label of each stored winner (-1 where unknown), from the labels of the
+        validation images this process saw, combined over processes. Call on every rank."""
+        keys = top.keys[top.channels]
+        labels = torch.full_like(keys, -1)
+        if self.seen_labels is not None:
+            seen_keys, seen_labels = (t.to(keys.device) for t in self.seen_labels)
+            order = seen_keys.argsort()
+            sorted_keys = seen_keys[order]
+            at = torch.searchsorted(sorted_keys, keys).clamp_max(len(sorted_keys) - 1)
+            found = sorted_keys[at] == keys
+            labels = torch.where(found, seen_labels[order][at].long(), labels)
+        if ctx.world_size > 1:
+            labels = ctx.all_gather(labels).view(-1, *keys.shape).amax(0)
+        return labels
 
     def crops(
         self, model: nn.Module, layer: str, top: TopK, probe: Probe
