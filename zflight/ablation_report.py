@@ -148,7 +148,8 @@ def write_report(
         "# Filter-health ablation: AlexNet-style vs ZFNet (Zeiler & Fergus, Fig. 6)",
         "",
         f"Command: `{' '.join(['python -m zflight.ablation', *(argv or [])])}`; wall time "
-        f"{seconds / 60:.1f} min ({seconds:.0f} s) for {len(seeds)} seeds x 2 arms.",
+        f"{seconds / 60:.1f} min ({seconds:.0f} s) for {len(seeds)} seed"
+        f"{'s' if len(seeds) > 1 else ''} x 2 arms.",
         "",
         f"Both arms: SGD with momentum 0.9 (the paper's optimiser), lr {cfg.lr} (one-cycle), "
         f"weight decay 5e-4; filter RMS clipped to 0.1 in "
@@ -260,6 +261,7 @@ def curves_figure(results: dict[int, dict[str, dict[str, Any]]]) -> np.ndarray:
     """One chart per health scalar and validation top-1: both arms, one line per seed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure as MplFigure
+    from matplotlib.ticker import MaxNLocator
 
     keys = [*CURVES, "val/acc1"]
     fig = MplFigure(figsize=(3.2 * 4, 2.6 * 2), dpi=90)
@@ -286,6 +288,7 @@ def curves_figure(results: dict[int, dict[str, dict[str, Any]]]) -> np.ndarray:
                         alpha=0.8,
                         label=label,
                     )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=7)
