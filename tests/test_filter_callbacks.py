@@ -253,6 +253,9 @@ def test_alerts_stay_silent_on_a_healthy_layer_and_fire_after_warmup_on_a_bad_on
     restored = FilterHealth(layers=["conv1", "conv2"], warmup_epochs=2)
     restored.load_state_dict(cb.state_dict())
     assert restored.above["conv1/dead"] is True
+    merged = FilterHealth(alert_thresholds={"conv2/dead": 0.3, "conv1/dead": math.inf})
+    assert merged.alert_thresholds["conv2/dead"] == 0.3 and merged.alert_thresholds["dead"] == 0.5
+    assert merged.alert_thresholds["conv1/dead"] == math.inf
     with pytest.raises(ValueError, match="unknown alert metric"):
         FilterHealth(alert_thresholds={"mid_band": 0.5})
 

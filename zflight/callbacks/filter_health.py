@@ -51,7 +51,8 @@ class FilterHealth(VisualizationCallback):
             n_fft: see ``zflight.analysis.filters.filter_health``.
         alert_thresholds: metric (or ``<layer>/<metric>``) -> value; when a layer's value rises
             above it after ``warmup_epochs`` epochs, one rank-zero warning saying what to try
-            (and a W&B alert when a run is online). Defaults: ``DEFAULT_ALERTS``.
+            (and a W&B alert when a run is online). Merged over ``DEFAULT_ALERTS`` (``.inf``
+            switches one off).
         warmup_epochs: no alerts before this epoch.
         gridding_layer: layer whose deconvnet projections are scored for gridding (None: off;
             needs the model's conv trunk as an ``nn.Sequential`` called ``features``).
@@ -99,9 +100,7 @@ class FilterHealth(VisualizationCallback):
         unknown = {k for k in alert_thresholds or {} if k.rsplit("/", 1)[-1] not in ADVICE}
         if unknown:
             raise ValueError(f"unknown alert metric(s) {sorted(unknown)}; valid: {sorted(ADVICE)}")
-        self.alert_thresholds = dict(
-            DEFAULT_ALERTS if alert_thresholds is None else alert_thresholds
-        )
+        self.alert_thresholds = {**DEFAULT_ALERTS, **(alert_thresholds or {})}
         self.warmup_epochs = warmup_epochs
         self.gridding_layer = gridding_layer
         self.gridding_channels = gridding_channels
