@@ -314,6 +314,7 @@ def test_white_noise_band_shares_and_aliasing_references():
     assert noise_aliasing(1) == 0.0
     report = filter_health(noise[:200], 2)
     assert report.scalars()["aliasing_rel"] == pytest.approx(1.0, abs=0.02)
+    assert report.scalars()["band_mid_rel"] == pytest.approx(1.0, abs=0.05)
     assert not report.aliased.any()
 
 

@@ -152,14 +152,15 @@ class FilterReport:
 
     def scalars(self) -> dict[str, float]:
         """Status fractions (of all filters, by precedence), median cosine to the start, mean band
-        shares and aliasing share of the live filters, that share over white noise's at this
-        stride (``aliasing_rel``: 1 = as much as noise), effective rank, share at the RMS radius,
+        shares and aliasing share of the live filters, each over white noise's (``band_mid_rel``,
+        ``aliasing_rel``: 1 = as much as noise), effective rank, share at the RMS radius,
         never-active share when known."""
         n = len(self.rms)
         counts = self.counts()
         live = ~self.dead
         n_live = max(int(live.sum()), 1)
         mean_alias = float(self.aliasing[live].sum()) / n_live
+        mid_noise = float(self.bands_noise[1])
         out = {name: counts[name] / n for name in STATUSES if name != "ok"}
         out.update(
             {
@@ -168,8 +169,9 @@ class FilterReport:
                     f"band_{b}": float(self.bands[live, i].sum()) / n_live
                     for i, b in enumerate(BANDS)
                 },
+                "band_mid_rel": _ratio(float(self.bands[live, 1].sum()) / n_live, mid_noise),
                 "aliasing_mean": mean_alias,
-                "aliasing_rel": mean_alias / self.aliasing_noise if self.aliasing_noise else 0.0,
+                "aliasing_rel": _ratio(mean_alias, self.aliasing_noise),
                 "effective_rank": self.effective_rank,
                 "at_radius": float(self.at_radius.float().mean()),
             }
@@ -181,6 +183,11 @@ class FilterReport:
         if self.never_active is not None:
             out["never_active"] = float(self.never_active.float().mean())
         return out
+
+
+def _ratio(value: float, reference: float) -> float:
+    """value / reference, 0 where the reference is 0 (nothing to compare with)."""
+    return value / reference if reference > 0 else 0.0
 
 
 def filter_health(
