@@ -14,7 +14,7 @@ from PIL import Image
 from tests.conftest import tiny_overrides
 from zflight.config import ConfigError
 from zflight.train import train
-from zflight.visualize import main, visualize
+from zflight.visualize import default_out, main, visualize
 
 REC = "callbacks.rec._target_=tests.helpers.Recording"
 
@@ -101,3 +101,15 @@ def test_visualize_bad_inputs_exit_2_with_one_line(trained, tmp_path, capsys):
     assert hashes(trained) == before
     with pytest.raises(ConfigError, match="needs ckpt=PATH"):
         visualize([])
+
+
+def test_default_out_is_a_new_folder_even_within_one_second(tmp_path, monkeypatch):
+    monkeypatch.setattr("zflight.visualize.time.strftime", lambda fmt: "20260101-000000")
+    run = tmp_path / "run"
+    first = default_out(run)
+    assert first == tmp_path / "run-visualize-20260101-000000"
+    first.mkdir()
+    second = default_out(run)
+    assert second == tmp_path / "run-visualize-20260101-000000-2"
+    second.mkdir()
+    assert default_out(run).name == "run-visualize-20260101-000000-3"

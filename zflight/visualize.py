@@ -37,9 +37,14 @@ groups:
 
 
 def default_out(beside: Path) -> Path:
-    """``<beside>-visualize-<date>-<time>``: a new folder next to the run (or checkpoint)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return beside.parent / f"{beside.name}-visualize-{stamp}"
+    """``<beside>-visualize-<date>-<time>``: a new folder next to the run (or checkpoint); a
+    ``-2``, ``-3``... suffix when one of that name exists (two calls within a second)."""
+    stem = beside.parent / f"{beside.name}-visualize-{time.strftime('%Y%m%d-%H%M%S')}"
+    out, n = stem, 1
+    while out.exists():
+        n += 1
+        out = stem.with_name(f"{stem.name}-{n}")
+    return out
 
 
 def visualize(argv: list[str]) -> Path:
@@ -71,6 +76,7 @@ def visualize(argv: list[str]) -> Path:
     from zflight import build
     from zflight.callbacks.base import VisualizationCallback
     from zflight.checkpoints import check_matches, finished_epoch, read_checkpoint
+    from zflight.console import quiet_console
 
     build.check_devices(cfg)
     callbacks = build.build_callbacks(cfg)
@@ -97,7 +103,7 @@ def visualize(argv: list[str]) -> Path:
     trainer = pl.Trainer(
         default_root_dir=str(out),
         logger=False,
-        callbacks=callbacks,
+        callbacks=[*callbacks, *quiet_console()],
         accelerator=cfg.trainer.accelerator,
         devices=1,
         enable_checkpointing=False,
