@@ -29,7 +29,7 @@ def test_ablation_arguments_and_overrides_are_valid_configs(tmp_path):
         got = (train_cfg.model.name, train_cfg.seed, train_cfg.trainer.max_epochs)
         assert got == (arm, 1, 3)
         assert (train_cfg.optim.name, train_cfg.optim.momentum) == ("sgd", 0.9)
-        assert train_cfg.data.fine_texture is True and train_cfg.data.train_size == 12000
+        assert train_cfg.data.fine_texture is True and train_cfg.data.train_size == 16000
         assert train_cfg.logger.name == "none"  # the user's override comes last and wins
         kinds = [type(c) for c in build_callbacks(train_cfg)]
         assert kinds == ([FilterHealth, FilterRenorm] if has_renorm else [FilterHealth])
