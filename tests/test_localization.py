@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from zflight.analysis.localization import dilate, mass_in_mask, pointing_game
+from zflight.analysis.localization import dilate, mass_in_mask, peak_pixel, pointing_game
 
 
 def test_pointing_game_hits_misses_and_tolerance():
@@ -35,3 +35,20 @@ def test_mass_in_mask():
     maps = torch.zeros(2, 4, 4)
     maps[0, 0, 0], maps[0, 3, 3], maps[0, 2, 2] = 3.0, 1.0, -5.0  # negative evidence is ignored
     assert torch.allclose(mass_in_mask(maps, masks), torch.tensor([0.75, 0.0]))
+
+
+def test_pointing_game_points_at_the_middle_of_a_tied_block():
+    # An 8x8 block of equal maxima (one occlusion window) whose top-left corner is off the object
+    # and whose middle is on it: the map points at the block's middle.
+    maps = torch.zeros(1, 32, 32)
+    maps[0, 8:16, 8:16] = 1.0
+    masks = torch.zeros(1, 32, 32, dtype=torch.bool)
+    masks[0, 11:14, 11:14] = True
+    assert peak_pixel(maps).tolist() == [11 * 32 + 11]  # nearest to the centroid (11.5, 11.5)
+    assert pointing_game(maps, masks, tolerance=0).tolist() == [True]
+    masks_corner = torch.zeros(1, 32, 32, dtype=torch.bool)
+    masks_corner[0, 8, 8] = True
+    assert pointing_game(maps, masks_corner, tolerance=0).tolist() == [False]
+    # a single maximum is found as by argmax
+    maps[0, 30, 2] = 2.0
+    assert peak_pixel(maps).tolist() == [30 * 32 + 2]

@@ -13,13 +13,31 @@ def pointing_game(
     ``maps`` (N, H, W) are evidence maps at image resolution (larger = more important);
     ``masks`` (N, H, W) are boolean object masks. As in Zhang et al.'s pointing game (ECCV 2016,
     15 px at 224 px) a hit may fall up to ``tolerance`` pixels (Euclidean) outside the mask; the
-    default scales their 15 px with the image width. Ties go to the first maximum in raster order.
+    default scales their 15 px with the image width. Where several pixels share the maximum (a
+    blocky map such as occlusion's with non-overlapping windows), the map points at the tied pixel
+    nearest the ties' centroid, i.e. the middle of the strongest window, not its corner.
     """
     _check(maps, masks)
     if tolerance is None:
         tolerance = 15 / 224 * maps.shape[-1]
-    flat = maps.flatten(1).argmax(dim=1)
-    return dilate(masks.bool(), tolerance).flatten(1).gather(1, flat[:, None]).squeeze(1)
+    return (
+        dilate(masks.bool(), tolerance).flatten(1).gather(1, peak_pixel(maps)[:, None]).squeeze(1)
+    )
+
+
+def peak_pixel(maps: torch.Tensor) -> torch.Tensor:
+    """(N,) flat index of each (N, H, W) map's maximum; ties go to the tied pixel nearest their
+    centroid (raster order among equally near ones)."""
+    flat = maps.flatten(1)
+    tied = flat == flat.amax(dim=1, keepdim=True)
+    w = maps.shape[-1]
+    idx = torch.arange(flat.shape[1], device=maps.device)
+    ys, xs = (idx // w).double(), (idx % w).double()
+    count = tied.sum(1, keepdim=True).double()
+    cy = (tied * ys).sum(1, keepdim=True) / count
+    cx = (tied * xs).sum(1, keepdim=True) / count
+    dist = torch.where(tied, (ys - cy) ** 2 + (xs - cx) ** 2, torch.inf)
+    return dist.argmin(dim=1)
 
 
 def dilate(masks: torch.Tensor, radius: float) -> torch.Tensor:
