@@ -24,6 +24,7 @@ from typing_extensions import override
 from zflight.callbacks.isolation import isolated, nonfinite_parameters
 from zflight.callbacks.ranks import GatherMismatch, PeerFailed, RankAgreement, report_failure
 from zflight.callbacks.results import Probe, VizResult
+from zflight.callbacks.scoring import validation_dataset
 from zflight.callbacks.sinks import ANALYSIS_TIMES, WRITER, write_outputs
 from zflight.process_group import destroy_process_group_at_exit
 
@@ -230,13 +231,10 @@ class VisualizationCallback(pl.Callback):
     def probe(self, trainer: pl.Trainer, device: torch.device) -> Probe:
         """The probe set, built once from the validation data set and cached."""
         if self._probe is None:
-            dm = trainer.datamodule
-            dataset = getattr(dm, "val_dataset", None) if dm is not None else None
-            if dataset is None:
-                loaders = trainer.val_dataloaders
-                loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-                dataset = loader.dataset
-            info = {k: getattr(dm, k) for k in ("mean", "std", "class_names") if hasattr(dm, k)}
+            found = validation_dataset(trainer)
+            if found is None:
+                raise ValueError("no validation data set to draw the probe images from")
+            dataset, info = found
             self._probe = Probe.from_dataset(dataset, self.num_probes, self.probe_seed, **info)
         return self._probe.to(device)
 

@@ -12,8 +12,9 @@ SCORE_SEED_OFFSET = 1_000_003  # the score set is drawn independently of the dra
 
 
 def validation_dataset(trainer: Any) -> tuple[Any, dict[str, Any]] | None:
-    """The trainer's validation data set and its display information (mean, std, class names),
-    found as ``VisualizationCallback.probe`` finds them; ``None`` without a trainer."""
+    """The trainer's validation data set and its display information (mean, std, class names):
+    the data module's ``val_dataset``, else the first validation loader's; ``None`` without one.
+    The drawn probes (``VisualizationCallback.probe``) and the score sets both come from here."""
     if trainer is None:
         return None
     dm = getattr(trainer, "datamodule", None)
