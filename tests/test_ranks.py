@@ -105,6 +105,18 @@ def test_nonfinite_weights_are_refused_with_one_line():
 FAILING = "tests.helpers.FailingOnRank"
 
 
+def run_train(args: list[str]) -> subprocess.CompletedProcess:
+    """``python -m zflight.train *args`` in a subprocess, output captured, killed after 120 s."""
+    return subprocess.run(
+        [sys.executable, "-m", "zflight.train", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+
+
 @pytest.mark.slow
 def test_ddp_failure_on_one_rank_is_skipped_on_every_rank(tmp_path):
     run = tmp_path / "ddp"
@@ -118,14 +130,7 @@ def test_ddp_failure_on_one_rank_is_skipped_on_every_rank(tmp_path):
             for arg in (f"_target_={FAILING}", f"where={where}", f"name=failing_{where}")
         ],
     )
-    p = subprocess.run(
-        [sys.executable, "-m", "zflight.train", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        cwd=Path(__file__).resolve().parent.parent,
-    )
+    p = run_train(args)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.count("final validation accuracy") == 1, "training completed"
     for epoch in (0, 1):
@@ -160,14 +165,7 @@ def test_ddp_strict_failure_on_one_rank_raises_on_every_rank(tmp_path):
         f"callbacks.fa._target_={FAILING}",
         "callbacks.fa.strict=true",
     )
-    p = subprocess.run(
-        [sys.executable, "-m", "zflight.train", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        cwd=Path(__file__).resolve().parent.parent,
-    )
+    p = run_train(args)
     assert p.returncode != 0
     assert "RuntimeError: analysis failed on rank 1" in p.stderr
     assert "visual callback 'failing' failed at epoch 0 on rank 1" in p.stderr, "rank 0 raised too"
