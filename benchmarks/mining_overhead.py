@@ -26,7 +26,7 @@ import torch
 
 from zflight.callbacks.deconv import DeconvTopK
 from zflight.data.modules import ShapesDataModule
-from zflight.memory import keep_freed_memory
+from zflight.run.memory import keep_freed_memory
 from zflight.models import zfnet
 from zflight.module import ClassifierModule
 

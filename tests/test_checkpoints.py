@@ -17,7 +17,7 @@ import torch
 
 from tests.conftest import tiny_overrides
 from tests.train_helpers import LastSeen
-from zflight.checkpoints import atomic_save, finished_epoch, read_checkpoint
+from zflight.run.checkpoints import atomic_save, finished_epoch, read_checkpoint
 from zflight.config import ConfigError
 from zflight.train import train
 

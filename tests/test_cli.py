@@ -138,12 +138,12 @@ def test_existing_run_directory_that_cannot_be_written(tmp_path, capsys, monkeyp
     # what a read-only mount gives even to root (who ignores chmod): EROFS on creating a file
     import errno
 
-    import zflight.run_dir
+    import zflight.run.run_dir
 
     def read_only(*args, dir=None, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dir))
 
-    monkeypatch.setattr(zflight.run_dir.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(zflight.run.run_dir.tempfile, "mkstemp", read_only)
     (tmp_path / "run").mkdir()
     code = main(tiny_overrides(tmp_path / "run"))
     one_line_error(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from zflight.config import MODEL_NAMES, ConfigError, load_config
-from zflight.targets import accepted_arguments, instantiate
+from zflight.run.targets import accepted_arguments, instantiate
 
 
 def test_defaults_and_overrides():

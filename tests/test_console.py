@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from tests.conftest import tiny_overrides
 from tests.helpers import Recording
-from zflight.console import analysis_line, show_warning
+from zflight.run.console import analysis_line, show_warning
 
 NOISE = [
     "litlogger",  # Lightning's tip

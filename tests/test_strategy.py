@@ -13,7 +13,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-from zflight.strategy import DDP_DEFAULTS, build_strategy, process_count
+from zflight.run.strategy import DDP_DEFAULTS, build_strategy, process_count
 
 
 def test_single_process_is_auto():
@@ -80,7 +80,7 @@ SCRIPT = textwrap.dedent("""
     import torch
     from torch import nn
     from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
-    from zflight.strategy import build_strategy
+    from zflight.run.strategy import build_strategy
 
     g = torch.Generator().manual_seed(1)
     data = TensorDataset(torch.randn(32, 6, generator=g), torch.randint(0, 3, (32,), generator=g))
@@ -141,8 +141,8 @@ def test_process_group_is_destroyed_at_exit(tmp_path, monkeypatch):
 
     import torch.distributed as dist
 
-    from zflight import process_group
-    from zflight.strategy import CleanExitDDPStrategy
+    from zflight.callbacks import process_group
+    from zflight.run.strategy import CleanExitDDPStrategy
 
     registered = []
     monkeypatch.setattr(atexit, "register", registered.append)

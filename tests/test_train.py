@@ -15,7 +15,7 @@ import torch
 
 from tests.conftest import tiny_overrides
 from tests.test_cli import hashes
-from zflight.build import wandb_mode
+from zflight.run.build import wandb_mode
 from zflight.train import main, train
 
 
@@ -211,7 +211,7 @@ def test_torchrun_two_processes_form_one_ddp_run(tmp_path, devices):
 
 
 def test_torchrun_environment_sets_processes(monkeypatch):
-    from zflight.run_dir import torchrun_processes
+    from zflight.run.run_dir import torchrun_processes
 
     monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     assert torchrun_processes() is None
@@ -233,7 +233,7 @@ def test_console_script_help_and_config_error():
 FAULTS = """
 import resource, sys, torch
 if sys.argv[1] == "keep":
-    from zflight.memory import keep_freed_memory
+    from zflight.run.memory import keep_freed_memory
     assert keep_freed_memory()
 for _ in range(10):  # 48 MiB: above glibc's largest automatic mmap threshold; let the heap settle
     torch.empty(12 << 20).fill_(1)

@@ -56,7 +56,7 @@ STALL_USAGE = "python -m tests.train_helpers STALL_AT key=value ..."
 def stalled_training(stall_at: int, overrides: list[str]) -> int:
     """Train, but the ``stall_at``-th write of ``last.ckpt`` writes half its bytes, prints
     ``stalled`` beside the run directory and sleeps (a test kills the process there)."""
-    import zflight.checkpoints as ck
+    import zflight.run.checkpoints as ck
     from zflight.train import main
 
     real_atomic, real_save, count = ck.atomic_save, torch.save, [0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from zflight.commands import groups_text, main_keys, print_help
+from zflight.run.commands import groups_text, main_keys, print_help
 
 USAGE = """usage: zflight {{train,visualize}} [GROUP=choice ...] [key=value ...]
        zflight {{train,visualize}} --help

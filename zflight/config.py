@@ -1,6 +1,6 @@
 """Configuration: ``configs/train.yaml`` + ``experiment=NAME`` + group choices (``logger=csv``) +
 ``key=value`` overrides, validated against a typed schema before anything starts, and ``_target_``
-construction of callbacks and other objects (``zflight.targets``). Needs no torch: a bad config
+construction of callbacks and other objects (``zflight.run.targets``). Needs no torch: a bad config
 is reported before the heavy packages load."""
 
 from __future__ import annotations

@@ -11,16 +11,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from zflight.commands import TRAIN_USAGE, pop_flag, run_command, usage
+from zflight.run.commands import TRAIN_USAGE, pop_flag, run_command, usage
 from zflight.config import load_config, to_yaml
 
-# Names that lived here before zflight.build and zflight.run_dir held them (imported on use).
+# Names that lived here before zflight.run.build and zflight.run.run_dir held them (imported on use).
 _MOVED = {
     **dict.fromkeys(
         ("build_datamodule", "build_model", "build_logger", "build_callbacks", "wandb_mode"),
-        "zflight.build",
+        "zflight.run.build",
     ),
-    **dict.fromkeys(("resolve_run_dir", "torchrun_processes"), "zflight.run_dir"),
+    **dict.fromkeys(("resolve_run_dir", "torchrun_processes"), "zflight.run.run_dir"),
 }
 
 
@@ -37,19 +37,19 @@ def train(overrides: list[str] | None = None) -> dict[str, Any]:
     if show:
         print(to_yaml(cfg), end="")
         return {"config": cfg}
-    from zflight.run_dir import ensure_writable, resolve_run_dir
+    from zflight.run.run_dir import ensure_writable, resolve_run_dir
 
     run_dir = resolve_run_dir(cfg)  # a resume= outside any run stops here, nothing created
 
     import lightning.pytorch as pl
     from omegaconf import OmegaConf
 
-    from zflight import build
+    from zflight.run import build
     from zflight.callbacks.run_record import RunRecord
-    from zflight.checkpoints import LastCheckpoint, check_matches, read_checkpoint
-    from zflight.console import quiet_console
-    from zflight.divergence import StopOnDivergence
-    from zflight.memory import keep_freed_memory
+    from zflight.run.checkpoints import LastCheckpoint, check_matches, read_checkpoint
+    from zflight.run.console import quiet_console
+    from zflight.run.divergence import StopOnDivergence
+    from zflight.run.memory import keep_freed_memory
 
     build.check_devices(cfg)
     callbacks = build.build_callbacks(cfg)

@@ -17,9 +17,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from zflight.commands import RunFailure, groups_text, run_command
+from zflight.run.commands import RunFailure, groups_text, run_command
 from zflight.config import ConfigError, load_config, to_yaml
-from zflight.run_dir import ensure_writable, run_of_checkpoint
+from zflight.run.run_dir import ensure_writable, run_of_checkpoint
 
 USAGE = """usage: python -m zflight.visualize ckpt=PATH [out=DIR] [GROUP=choice ...] [key=value ...]
        zflight visualize ckpt=PATH ...        make visualize CKPT=PATH [ARGS="..."]
@@ -73,10 +73,10 @@ def visualize(argv: list[str]) -> Path:
 
     import lightning.pytorch as pl
 
-    from zflight import build
+    from zflight.run import build
     from zflight.callbacks.base import VisualizationCallback
-    from zflight.checkpoints import check_matches, finished_epoch, read_checkpoint
-    from zflight.console import quiet_console
+    from zflight.run.checkpoints import check_matches, finished_epoch, read_checkpoint
+    from zflight.run.console import quiet_console
 
     build.check_devices(cfg)
     callbacks = build.build_callbacks(cfg)

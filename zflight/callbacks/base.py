@@ -26,7 +26,7 @@ from zflight.callbacks.ranks import GatherMismatch, PeerFailed, RankAgreement, r
 from zflight.callbacks.results import Probe, VizResult
 from zflight.callbacks.scoring import validation_dataset
 from zflight.callbacks.sinks import ANALYSIS_TIMES, WRITER, write_outputs
-from zflight.process_group import destroy_process_group_at_exit
+from zflight.callbacks.process_group import destroy_process_group_at_exit
 
 __all__ = ["AnalysisContext", "VisualizationCallback", "isolated", "network_of"]
 

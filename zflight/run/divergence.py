@@ -10,8 +10,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from zflight.checkpoints import LastCheckpoint
-from zflight.commands import RunFailure
+from zflight.run.checkpoints import LastCheckpoint
+from zflight.run.commands import RunFailure
 
 
 class Diverged(RunFailure):

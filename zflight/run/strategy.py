@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, Strategy
 from typing_extensions import override
 
-from zflight.process_group import destroy_process_group_at_exit
+from zflight.callbacks.process_group import destroy_process_group_at_exit
 
 DDP_DEFAULTS: dict[str, Any] = {
     # Gradients live inside the all-reduce buckets: saves one copy and 250 MB per GPU.
@@ -35,7 +35,7 @@ class CleanExitDDPStrategy(DDPStrategy):
     """``DDPStrategy`` whose process group is destroyed before the interpreter exits.
 
     Without it a gloo rank aborts at exit now and then (SIGABRT after ``fit`` returned); see
-    ``zflight.process_group``.
+    ``zflight.callbacks.process_group``.
     """
 
     @override

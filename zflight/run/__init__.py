@@ -1,0 +1,1 @@
+"""Run machinery: building the trainer, checkpoints, run directories, signals and the console."""
