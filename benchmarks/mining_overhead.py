@@ -26,9 +26,9 @@ import torch
 
 from zflight.callbacks.deconv import DeconvTopK
 from zflight.data.modules import ShapesDataModule
-from zflight.run.memory import keep_freed_memory
 from zflight.models import zfnet
 from zflight.module import ClassifierModule
+from zflight.run.memory import keep_freed_memory
 
 
 class LoopTimer(pl.Callback):

@@ -16,8 +16,8 @@ from zflight.callbacks.renorm import FilterRenorm
 
 def test_ablation_arguments_and_overrides_are_valid_configs(tmp_path):
     from zflight import ablation
-    from zflight.run.build import build_callbacks
     from zflight.config import ConfigError, load_config
+    from zflight.run.build import build_callbacks
 
     cfg, extra = ablation.parse_args(["epochs=3", "seeds=2", "renorm=zfnet", "logger=none"])
     assert (cfg.epochs, cfg.seeds, cfg.renorm, extra) == (3, 2, "zfnet", ["logger=none"])

@@ -17,8 +17,8 @@ import torch
 
 from tests.conftest import tiny_overrides
 from tests.train_helpers import LastSeen
-from zflight.run.checkpoints import atomic_save, finished_epoch, read_checkpoint
 from zflight.config import ConfigError
+from zflight.run.checkpoints import atomic_save, finished_epoch, read_checkpoint
 from zflight.train import train
 
 ROOT = Path(__file__).resolve().parent.parent

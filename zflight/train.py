@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from zflight.run.commands import TRAIN_USAGE, pop_flag, run_command, usage
 from zflight.config import load_config, to_yaml
+from zflight.run.commands import TRAIN_USAGE, pop_flag, run_command, usage
 
 # Names that lived here before zflight.run.build and zflight.run.run_dir held them (imported on use).
 _MOVED = {
@@ -44,8 +44,8 @@ def train(overrides: list[str] | None = None) -> dict[str, Any]:
     import lightning.pytorch as pl
     from omegaconf import OmegaConf
 
-    from zflight.run import build
     from zflight.callbacks.run_record import RunRecord
+    from zflight.run import build
     from zflight.run.checkpoints import LastCheckpoint, check_matches, read_checkpoint
     from zflight.run.console import quiet_console
     from zflight.run.divergence import StopOnDivergence

@@ -17,8 +17,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from zflight.run.commands import RunFailure, groups_text, run_command
 from zflight.config import ConfigError, load_config, to_yaml
+from zflight.run.commands import RunFailure, groups_text, run_command
 from zflight.run.run_dir import ensure_writable, run_of_checkpoint
 
 USAGE = """usage: python -m zflight.visualize ckpt=PATH [out=DIR] [GROUP=choice ...] [key=value ...]
@@ -73,8 +73,8 @@ def visualize(argv: list[str]) -> Path:
 
     import lightning.pytorch as pl
 
-    from zflight.run import build
     from zflight.callbacks.base import VisualizationCallback
+    from zflight.run import build
     from zflight.run.checkpoints import check_matches, finished_epoch, read_checkpoint
     from zflight.run.console import quiet_console
 

@@ -22,11 +22,11 @@ from torch import nn
 from typing_extensions import override
 
 from zflight.callbacks.isolation import isolated, nonfinite_parameters
+from zflight.callbacks.process_group import destroy_process_group_at_exit
 from zflight.callbacks.ranks import GatherMismatch, PeerFailed, RankAgreement, report_failure
 from zflight.callbacks.results import Probe, VizResult
 from zflight.callbacks.scoring import validation_dataset
 from zflight.callbacks.sinks import ANALYSIS_TIMES, WRITER, write_outputs
-from zflight.callbacks.process_group import destroy_process_group_at_exit
 
 __all__ = ["AnalysisContext", "VisualizationCallback", "isolated", "network_of"]
 

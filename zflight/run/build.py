@@ -14,11 +14,11 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from zflight.run.checkpoints import AtomicCheckpointIO
 from zflight.config import ConfigError
 from zflight.data import ImageFolderDataModule, ShapesDataModule
 from zflight.models import create_model
 from zflight.module import ClassifierModule
+from zflight.run.checkpoints import AtomicCheckpointIO
 from zflight.run.run_dir import torchrun_processes
 from zflight.run.strategy import build_strategy
 from zflight.run.targets import instantiate
