@@ -15,7 +15,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from tests.conftest import tiny_overrides
 from tests.helpers import Recording
-from zflight.run.console import analysis_line, show_warning
+from zflight.callbacks.ledger import LedgerRow, ledger_line
+from zflight.run.console import show_warning
 
 NOISE = [
     "litlogger",  # Lightning's tip
@@ -68,7 +69,12 @@ def test_default_run_prints_progress_analysis_lines_and_summary_only(tmp_path):
     lines = re.split(r"[\r\n]+", re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", out))
     for epoch in (0, 1):
         assert any(
-            re.fullmatch(rf"epoch {epoch}: analyses \d+\.\d s \(warns \d+\.\d\)", x) for x in lines
+            re.fullmatch(
+                rf"epoch {epoch}: analyses \d+\.\d s, \d+ forwards a rank, [\d.]+% of training "
+                r"\(warns \d+\.\d s \d+ fw\)",
+                x,
+            )
+            for x in lines
         )
     warning = "warning: filters look odd: try a lower learning rate"
     assert out.count("filters look odd") == 1 and warning in lines, out[-3000:]
@@ -79,9 +85,13 @@ def test_default_run_prints_progress_analysis_lines_and_summary_only(tmp_path):
 
 
 def test_analysis_line():
-    times = {"deconv": 1.14, "occlusion": 0.9, "actmax": 2.16}
-    assert (
-        analysis_line(3, times) == "epoch 3: analyses 4.2 s (deconv 1.1, occlusion 0.9, actmax 2.2)"
+    rows = [
+        LedgerRow("deconv", 1.14, 20.0, 40.0, 0.002, 0.01),
+        LedgerRow("occlusion", 0.9, 300.4, 600.8, 0.03, 0.02),
+    ]
+    assert ledger_line(3, rows) == (
+        "epoch 3: analyses 2.0 s, 320 forwards a rank, 3.2% of training "
+        "(deconv 1.1 s 20 fw, occlusion 0.9 s 300 fw)"
     )
 
 

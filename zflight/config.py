@@ -128,6 +128,16 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+# callbacks.budget: the analyses' share of the training epoch (zflight.callbacks.budget), not a callback
+BUDGET_KEY = "budget"
+
+
+def analysis_budget(cfg: DictConfig) -> float | None:
+    """``callbacks.budget`` as a float, or None when unset."""
+    value = cfg.callbacks.get(BUDGET_KEY)
+    return None if value is None else float(value)
+
+
 # zflight.models.MODELS' names, here so that checking a config needs no torch (a test keeps them equal)
 MODEL_NAMES = ("alexnet_style", "zfnet")
 
@@ -224,8 +234,16 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be >= 1, got {OmegaConf.select(cfg, key)}")
     if cfg.data.name == "imagefolder" and not cfg.data.root:
         raise ConfigError("data.name=imagefolder needs data.root=/path/to/folder (ImageNet layout)")
+    budget = cfg.callbacks.get(BUDGET_KEY)
+    if budget is not None and (
+        isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 1
+    ):
+        raise ConfigError(
+            f"callbacks.{BUDGET_KEY}={budget!r} must be a share of the training epoch in (0, 1] "
+            "(e.g. 0.02), or null for none"
+        )
     for name, spec in cfg.callbacks.items():
-        if spec is None:
+        if spec is None or name == BUDGET_KEY:
             continue
         if not isinstance(spec, DictConfig) or "_target_" not in spec:
             raise ConfigError(

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from zflight.config import load_config, to_yaml
+from zflight.config import analysis_budget, load_config, to_yaml
 from zflight.run.commands import TRAIN_USAGE, pop_flag, run_command, usage
 
 # Names that lived here before zflight.run.build and zflight.run.run_dir held them (imported on use).
@@ -44,10 +44,11 @@ def train(overrides: list[str] | None = None) -> dict[str, Any]:
     import lightning.pytorch as pl
     from omegaconf import OmegaConf
 
+    from zflight.callbacks.ledger import CostLedger
     from zflight.callbacks.run_record import RunRecord
     from zflight.run import build
     from zflight.run.checkpoints import LastCheckpoint, check_matches, read_checkpoint
-    from zflight.run.console import quiet_console
+    from zflight.run.console import quiet_console, write_line
     from zflight.run.divergence import StopOnDivergence
     from zflight.run.memory import keep_freed_memory
 
@@ -67,7 +68,12 @@ def train(overrides: list[str] | None = None) -> dict[str, Any]:
         run_dir / "checkpoints" / "last.ckpt", OmegaConf.to_container(cfg, resolve=True)
     )
     logger = build.build_logger(cfg, run_dir)
-    watch = [RunRecord(), *quiet_console(logger)]  # gallery numbers; progress, analyses, summary
+    ledger = CostLedger(write_line, analysis_budget(cfg))  # the analyses' cost, each epoch
+    watch = [
+        RunRecord(),
+        ledger,
+        *quiet_console(logger),
+    ]  # gallery numbers; costs; progress, summary
     trainer = build.build_trainer(
         cfg, run_dir, [*callbacks, StopOnDivergence(last, cfg.resume), last, *watch], logger
     )

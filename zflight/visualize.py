@@ -74,9 +74,10 @@ def visualize(argv: list[str]) -> Path:
     import lightning.pytorch as pl
 
     from zflight.callbacks.base import VisualizationCallback
+    from zflight.callbacks.ledger import CostLedger
     from zflight.run import build
     from zflight.run.checkpoints import check_matches, finished_epoch, read_checkpoint
-    from zflight.run.console import quiet_console
+    from zflight.run.console import quiet_console, write_line
 
     build.check_devices(cfg)
     callbacks = build.build_callbacks(cfg)
@@ -103,7 +104,7 @@ def visualize(argv: list[str]) -> Path:
     trainer = pl.Trainer(
         default_root_dir=str(out),
         logger=False,
-        callbacks=[*callbacks, *quiet_console()],
+        callbacks=[*callbacks, CostLedger(write_line), *quiet_console()],
         accelerator=cfg.trainer.accelerator,
         devices=1,
         enable_checkpointing=False,

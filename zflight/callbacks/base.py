@@ -21,12 +21,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
+from zflight.analysis.cost import CountFlops, forward_flops
 from zflight.callbacks.isolation import isolated, nonfinite_parameters
+from zflight.callbacks.ledger import COSTS
 from zflight.callbacks.process_group import destroy_process_group_at_exit
 from zflight.callbacks.ranks import GatherMismatch, PeerFailed, RankAgreement, report_failure
 from zflight.callbacks.results import Probe, VizResult
 from zflight.callbacks.scoring import validation_dataset
-from zflight.callbacks.sinks import ANALYSIS_TIMES, WRITER, write_outputs
+from zflight.callbacks.sinks import WRITER, write_outputs
 
 __all__ = ["AnalysisContext", "VisualizationCallback", "isolated", "network_of"]
 
@@ -137,6 +139,8 @@ class VisualizationCallback(pl.Callback):
         self._probe: Probe | None = None
         self._handles: list[Any] = []
         self._stream_errors: list[Exception] = []
+        self._stream_seconds = 0.0
+        self._unit: tuple[Any, int] | None = None  # (input shape, FLOPs of one forward at it)
 
     # ---- what subclasses implement -------------------------------------------------------------
     def analyze(self, model: nn.Module, probe: Probe, ctx: AnalysisContext) -> VizResult | None:
@@ -149,6 +153,14 @@ class VisualizationCallback(pl.Callback):
 
     def reset_stream(self) -> None:
         """Clear streaming state before a scheduled validation epoch."""
+
+    def estimate_forwards(
+        self, image_shape: tuple[int, ...], world_size: int, masks: bool
+    ) -> float:
+        """Forward-pass equivalents one run of this analysis is expected to cost on one rank, at
+        ``image_shape`` (C, H, W), split over ``world_size`` ranks, with or without object masks to
+        score against (the ledger measures the true cost; this sizes the schedule to a budget)."""
+        return float(self.num_probes)
 
     # ---- schedule ------------------------------------------------------------------------------
     @property
@@ -180,6 +192,7 @@ class VisualizationCallback(pl.Callback):
         if not self._should_run(trainer):
             return
         self._stream_errors = []
+        self._stream_seconds = 0.0
         self.reset_stream()
         for module, fn in self.stream_hooks(network_of(pl_module)):
             self._handles.append(module.register_forward_hook(self._guarded(fn)))
@@ -253,12 +266,15 @@ class VisualizationCallback(pl.Callback):
         error = self._stream_errors[0] if self._stream_errors else None
         mismatch: GatherMismatch | None = None
         result: VizResult | None = None
+        counted, unit = CountFlops(), 0
         if error is None:
             try:
                 ctx = AnalysisContext(trainer, pl_module, model, agreement, self.name)
                 probe = self.probe(trainer, pl_module.device)
                 with isolated(model), torch.enable_grad() if self.grad else torch.no_grad():
-                    result = self.analyze(model, probe, ctx)
+                    unit = self._forward_unit(model, probe)
+                    with CountFlops() as counted:
+                        result = self.analyze(model, probe, ctx)
             except PeerFailed:
                 pass
             except GatherMismatch as exc:
@@ -277,7 +293,17 @@ class VisualizationCallback(pl.Callback):
                 if self.strict:
                     raise
                 rank_zero_warn(f"could not write the output of {self.name!r}: {exc!r}")
-        ANALYSIS_TIMES.record(self.name, time.perf_counter() - started)
+        seconds = time.perf_counter() - started + self._stream_seconds
+        COSTS.record(self.name, seconds, counted.flops, unit)
+
+    def _forward_unit(self, model: nn.Module, probe: Probe) -> int:
+        """FLOPs of one forward pass of ``model`` on one probe image (cached per input shape)."""
+        if probe is None:  # an analysis that takes no probe images
+            return 0
+        shape = tuple(probe.images.shape[1:])
+        if self._unit is None or self._unit[0] != shape:
+            self._unit = (shape, forward_flops(model, shape, probe.images.device))
+        return self._unit[1]
 
     def _guarded(self, fn: Callable) -> Callable:
         """A forward hook that records the first error instead of raising inside validation (an
@@ -286,10 +312,12 @@ class VisualizationCallback(pl.Callback):
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if self._stream_errors:
                 return
+            started = time.perf_counter()
             try:
                 fn(module, inputs, output)
             except Exception as exc:
                 self._stream_errors.append(exc)
+            self._stream_seconds += time.perf_counter() - started
 
         return hook
 

@@ -178,6 +178,14 @@ class FilterHealth(VisualizationCallback):
 
     # ---- analysis --------------------------------------------------------------------------------
     @override
+    @override
+    def estimate_forwards(
+        self, image_shape: tuple[int, ...], world_size: int, masks: bool
+    ) -> float:
+        # gridding: the probes' forward to conv2 and the projections of its strongest units, now and
+        # (once) at the start; the filter statistics read weights only
+        return 2.0 * self.num_probes
+
     def analyze(self, model: nn.Module, probe: Probe, ctx: AnalysisContext) -> VizResult:
         figures: dict[str, Any] = {}
         scalars: dict[str, float] = {}

@@ -73,6 +73,15 @@ class HeatMaps(VisualizationCallback):
         self._scores = ScoreProbes(score_probes, self.probe_seed)
 
     @override
+    def estimate_forwards(
+        self, image_shape: tuple[int, ...], world_size: int, masks: bool
+    ) -> float:
+        images = self.num_probes + (self._scores.num if masks else 0)
+        # a forward for the probabilities; Grad-CAM: a forward and a backward per class (true,
+        # predicted); saliency: a forward and a backward (a backward with frozen weights = 1 forward)
+        return -(-images // world_size) * 6.0
+
+    @override
     def analyze(self, model: nn.Module, probe: Probe, ctx: AnalysisContext) -> VizResult:
         scored = self._scores.get(getattr(ctx, "trainer", None), probe)
         both = probe if scored is probe else _joined(probe, scored)

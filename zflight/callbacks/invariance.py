@@ -71,6 +71,13 @@ class Invariance(VisualizationCallback):
             raise ValueError("Invariance needs at least one of translate, scale, rotate")
 
     @override
+    def estimate_forwards(
+        self, image_shape: tuple[int, ...], world_size: int, masks: bool
+    ) -> float:
+        images = -(-min(self.num_images, self.num_probes) // world_size)
+        return images * (1 + sum(len(v) for v in self.transforms.values()))
+
+    @override
     def analyze(self, model: nn.Module, probe: Probe, ctx: AnalysisContext) -> VizResult:
         x, labels = probe.images[: self.num_images], probe.labels[: self.num_images]
         layers = {name: model.layer(name) for name in self.layers}

@@ -85,6 +85,15 @@ class MiningCallback(VisualizationCallback):
         raise NotImplementedError
 
     @override
+    def estimate_forwards(
+        self, image_shape: tuple[int, ...], world_size: int, masks: bool
+    ) -> float:
+        # each stored winner: its forward to the layer and its deconvnet projection back (about
+        # one forward each, crops of the receptive field: an upper bound)
+        features = getattr(self, "features_per_layer", 9)
+        return 2.0 * len(self.layers) * features * self.k
+
+    @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._trainer = trainer
         super().on_validation_epoch_start(trainer, pl_module)

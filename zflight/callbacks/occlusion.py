@@ -26,6 +26,7 @@ from zflight.analysis.images import (
 )
 from zflight.analysis.localization import mass_in_mask, pointing_game
 from zflight.analysis.occlusion import FILLS, METHODS, OcclusionMaps, occlusion_maps, window_starts
+from zflight.analysis.scaled import occluder_for
 from zflight.callbacks.base import AnalysisContext, VisualizationCallback
 from zflight.callbacks.results import Figure, Probe, VizResult
 from zflight.callbacks.scoring import ScoreProbes
@@ -50,8 +51,10 @@ class Occlusion(VisualizationCallback):
     Positions are split across ranks and gathered; only rank 0 draws.
 
     Args:
-        size, stride: occluder side and step in pixels. The defaults (8, 8) give 8x8 positions on
-            64 px shapes images: cheap enough to score 64 images every epoch on CPU, and small
+        size, stride: occluder side and step in pixels; ``None`` (default) follows the image:
+            an eighth of the side, stepping by its size (``zflight.analysis.scaled.occluder_for``):
+            8 px every 8 px on 64 px shapes, 28 px every 28 px at 224 px, 8 x 8 positions at
+            both. At 64 px that is cheap enough to score 64 images every epoch on CPU and small
             enough against the shapes (about 24 px) that the largest drop lands on the object
             (pointing game 0.89 on 64 images after the default run, 0.72 with a 16 px square).
         fill: ``"mean"`` (data set mean, gray), ``"zero"`` (black), ``"blur"`` or a constant.
@@ -61,7 +64,8 @@ class Occlusion(VisualizationCallback):
         max_batch_bytes: activation memory one chunk of occluded positions may take.
         tile: pictures are enlarged (nearest neighbour) to at least this many pixels a side.
         score_probes: validation images the scores are computed on (a seeded set of their own;
-            0 scores the pictured probes).
+            0 scores the pictured probes). Only data with object masks is scored: without them
+            no score set is built and no map is computed beyond the pictured probes.
         **kwargs: schedule and probe options of ``VisualizationCallback``.
 
     Raises:
@@ -75,8 +79,8 @@ class Occlusion(VisualizationCallback):
 
     def __init__(
         self,
-        size: int = 8,
-        stride: int = 8,
+        size: int | None = None,
+        stride: int | None = None,
         fill: str | float = "mean",
         feature_layer: str = "conv5",
         deconv: bool = True,
@@ -95,9 +99,13 @@ class Occlusion(VisualizationCallback):
             raise ValueError(
                 f"occlusion method must be one of {', '.join(METHODS)}; got {method!r}"
             )
-        window_starts(size, size, stride)  # checks 1 <= stride <= size
+        if size is not None:
+            window_starts(size, size, stride or size)  # checks 1 <= stride <= size
+        elif stride is not None:
+            raise ValueError("occlusion stride needs a size (or leave both to follow the image)")
         self.size = size
         self.stride = stride
+        self._square = (size or 8, stride or size or 8)  # resolved for the image size at run time
         self.fill = fill
         self.feature_layer = feature_layer
         self.deconv = deconv
@@ -106,8 +114,26 @@ class Occlusion(VisualizationCallback):
         self.tile = tile
         self._scores = ScoreProbes(score_probes, self.probe_seed)
 
+    def square(self, side: int) -> tuple[int, int]:
+        """(size, stride) of the occluder on images ``side`` pixels wide."""
+        if self.size is None:
+            return occluder_for(side)
+        return self.size, self.stride or self.size
+
+    @override
+    def estimate_forwards(
+        self, image_shape: tuple[int, ...], world_size: int, masks: bool
+    ) -> float:
+        size, stride = self.square(image_shape[-1])
+        positions = len(window_starts(image_shape[-2], size, stride)) * len(
+            window_starts(image_shape[-1], size, stride)
+        )
+        images = self.num_probes + (self._scores.num if masks else 0)
+        return (images * (positions + 1)) / world_size + 2 * self.num_probes
+
     @override
     def analyze(self, model: nn.Module, probe: Probe, ctx: AnalysisContext) -> VizResult | None:
+        self._square = self.square(probe.images.shape[-1])
         has_trunk = isinstance(getattr(model, "features", None), nn.Sequential)
         maps = self._maps(model, probe, ctx, self.feature_layer if has_trunk else None)
         scored = self._scores.get(getattr(ctx, "trainer", None), probe)
@@ -134,8 +160,8 @@ class Occlusion(VisualizationCallback):
             else f"Scores use {len(scored.labels)} other validation images."
         )
         text = (
-            f"Occlusion of {len(panels)} probe images ({wrong} misclassified) by a {self.size} px "
-            f"square every {self.stride} px. Per image: "
+            f"Occlusion of {len(panels)} probe images ({wrong} misclassified) by a "
+            f"{self._square[0]} px square every {self._square[1]} px. Per image: "
             + self._shown("the true class", what, projections is not None)
             + " "
             + scores
@@ -150,8 +176,8 @@ class Occlusion(VisualizationCallback):
             model,
             probe.images,
             probe.labels,
-            size=self.size,
-            stride=self.stride,
+            size=self._square[0],
+            stride=self._square[1],
             fill=self.fill,
             mean=probe.mean,
             std=probe.std,
@@ -205,7 +231,7 @@ class Occlusion(VisualizationCallback):
             title = f"Occlusion, probe {i}: {true} ({verdict})"
             text = (
                 f"Occlusion of probe {i} (true {true}, predicted {predicted}) by a "
-                f"{self.size} px square every {self.stride} px: "
+                f"{self._square[0]} px square every {self._square[1]} px: "
                 + self._shown(true, what, projections is not None)
             )
             figures.append(Figure(title_bar(hstack(tiles, pad=2), title), text))

@@ -29,10 +29,17 @@ def validation_dataset(trainer: Any) -> tuple[Any, dict[str, Any]] | None:
     return dataset, info
 
 
+def has_masks(dataset: Any) -> bool:
+    """Whether the data set's samples carry object masks (image, label, mask) to score against."""
+    return len(dataset) > 0 and len(dataset[0]) > 2
+
+
 class ScoreProbes:
     """``num`` validation images drawn once with their own seed and cached: the images scores are
     computed on, separate from the few that are drawn. Without a trainer (post-hoc use on a bare
-    model) or with ``num=0`` the drawn probes are scored instead."""
+    model) or with ``num=0`` the drawn probes are scored instead. Data without object masks has
+    nothing to score against: no score set is built, and the drawn probes (without masks) are
+    returned, so callers compute no map beyond those they draw."""
 
     def __init__(self, num: int, seed: int) -> None:
         if num < 0:
@@ -50,5 +57,8 @@ class ScoreProbes:
             if found is None:
                 return drawn
             dataset, info = found
+            if not has_masks(dataset):
+                self.num = 0  # decided once: the data set does not change during a run
+                return drawn
             self._probe = Probe.from_dataset(dataset, self.num, self.seed, **info)
         return self._probe.to(drawn.images.device)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,9 +29,7 @@ from zflight.callbacks.results import Figure, Table, VizResult
 from zflight.callbacks.writer import WRITER, BackgroundWriter, Finish
 
 __all__ = [
-    "ANALYSIS_TIMES",
     "WRITER",
-    "AnalysisTimes",
     "BackgroundWriter",
     "as_figures",
     "compose",
@@ -84,27 +81,6 @@ def png_caption(figs: list[Figure]) -> PngInfo | None:
     info = PngInfo()
     info.add_itxt("Description", figs[0].caption)  # UTF-8
     return info
-
-
-class AnalysisTimes:
-    """Seconds each visual callback took in the current epoch (rank 0 reads them for the console)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._times: dict[str, float] = {}
-
-    def record(self, name: str, seconds: float) -> None:
-        with self._lock:
-            self._times[name] = self._times.get(name, 0.0) + seconds
-
-    def take(self) -> dict[str, float]:
-        """The times recorded since the last ``take``, in the order the callbacks ran."""
-        with self._lock:
-            times, self._times = self._times, {}
-        return times
-
-
-ANALYSIS_TIMES = AnalysisTimes()
 
 
 def log_step(trainer: pl.Trainer) -> int:

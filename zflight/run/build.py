@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from zflight.config import ConfigError
+from zflight.config import BUDGET_KEY, ConfigError
 from zflight.data import ImageFolderDataModule, ShapesDataModule
 from zflight.models import create_model
 from zflight.module import ClassifierModule
@@ -136,7 +136,7 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     return [
         instantiate(spec, f"callbacks.{name}")
         for name, spec in cfg.callbacks.items()
-        if spec is not None
+        if spec is not None and name != BUDGET_KEY
     ]
 
 

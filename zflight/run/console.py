@@ -15,9 +15,6 @@ from typing import Any, TextIO
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelSummary
-from typing_extensions import override
-
-from zflight.callbacks.sinks import ANALYSIS_TIMES
 
 # Warnings that say nothing about this run: Lightning calling a deprecated torch API.
 IGNORED_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)",)
@@ -30,7 +27,8 @@ def quiet_console(logger: Any = None) -> list[pl.Callback]:
 
     Call before building the Trainer (its notices come from its constructor) and before the W&B
     run starts (``logger``: the run's logger, if any). The callbacks replace Lightning's model
-    summary (whose FLOPs column is 0 for this model) with none and print the per-epoch analysis line.
+    summary (whose FLOPs column is 0 for this model) with none; the per-epoch analysis line is the
+    cost ledger's (``zflight.callbacks.ledger.CostLedger``, given ``write_line``).
     """
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -38,7 +36,7 @@ def quiet_console(logger: Any = None) -> list[pl.Callback]:
         warnings.filterwarnings("ignore", message=pattern)
     warnings.showwarning = show_warning
     _quiet_wandb(logger)
-    return [ModelSummary(max_depth=0), AnalysisLine()]
+    return [ModelSummary(max_depth=0)]
 
 
 def write_line(text: str, file: TextIO | None = None) -> None:
@@ -81,19 +79,3 @@ def _quiet_wandb(logger: Any) -> None:
         and init.get("anonymous", False) is None
     ):
         del init["anonymous"]
-
-
-def analysis_line(epoch: int, times: dict[str, float]) -> str:
-    """``epoch 3: analyses 4.2 s (deconv 1.1, occlusion 0.9)``: total, then each in run order."""
-    parts = ", ".join(f"{name} {seconds:.1f}" for name, seconds in times.items())
-    return f"epoch {epoch}: analyses {sum(times.values()):.1f} s ({parts})"
-
-
-class AnalysisLine(pl.Callback):
-    """After a validation in which visual callbacks ran, prints how long they took (rank 0)."""
-
-    @override
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        times = ANALYSIS_TIMES.take()
-        if times and trainer.is_global_zero and not trainer.sanity_checking:
-            write_line(analysis_line(trainer.current_epoch, times))
