@@ -12,7 +12,7 @@ CKPT   ?=
 TRAIN_ARGS := $(if $(EXP),experiment=$(EXP)) $(if $(DATA),data.root=$(DATA)) \
               $(if $(GPUS),trainer.accelerator=gpu trainer.devices=$(GPUS)) $(ARGS)
 
-.PHONY: help install train visualize test test-fast lint format clean ablation
+.PHONY: help install train visualize test test-fast lint format clean ablation rehearse
 
 help:  ## show this help
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ visualize: $(STAMP)  ## visual callbacks on CKPT=runs/.../last.ckpt, into a new 
 
 ablation: $(STAMP)  ## AlexNet-style vs ZFNet first layers: SGD, same RMS rule, 3 seeds; report claim by claim
 	$(PY) -m zflight.ablation $(ARGS)
+
+rehearse: $(STAMP)  ## the ImageNet recipe on a small written folder, 2 CPU processes, every analysis; prints the costs
+	$(PY) -m zflight.rehearse $(ARGS)
 
 test: $(STAMP)  ## run the whole test suite
 	$(PY) -m pytest -q

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from zflight.data.files import (
@@ -19,6 +19,7 @@ from zflight.data.files import (
     index_images,
     report_bad_files,
 )
+from zflight.data.masks import WithMasks, mask_folder, mask_path
 from zflight.data.shapes import ShapesDataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -182,6 +183,27 @@ class ImageFolderDataModule(pl.LightningDataModule):
         return len(self.class_names)
 
     def setup(self, stage: str | None = None) -> None:
+        self._setup(stage)
+        self._attach_masks()
+
+    def _attach_masks(self) -> None:
+        """Validation samples carry their object masks when ``root/masks/val`` has one for each."""
+        masks = mask_folder(self.root)
+        if masks is None or self.ten_crop or isinstance(self.val_dataset, WithMasks):
+            return
+        samples, split_dir = self.index["val"].samples, self.root / "val"
+        missing = [p for p, _ in samples if not mask_path(p, split_dir, masks).is_file()]
+        if missing:
+            rank_zero_warn(
+                f"{len(missing)} of {len(samples)} validation images have no mask under {masks} "
+                f"(first: {missing[0]}); scoring against masks is off"
+            )
+            return
+        self.val_dataset = WithMasks(
+            self.val_dataset, samples, split_dir, masks, self.image_size, self.resize
+        )
+
+    def _setup(self, stage: str | None) -> None:
         if self.pipe is not None:
             val, train = self.index["val"].samples, self.index["train"].samples
             self.val_dataset = self.pipe.dataset(
