@@ -16,9 +16,9 @@ from zflight.data.files import (
     DataError,
     PilImages,
     image_files,
-    index_images,
     report_bad_files,
 )
+from zflight.data.index_cache import cached_index
 from zflight.data.masks import WithMasks, mask_folder, mask_path
 from zflight.data.shapes import ShapesDataset
 
@@ -141,7 +141,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     ``decode``: ``"auto"`` (JPEGs decoded in batches on the GPU when there is one, else in the
     DataLoader workers; see ``zflight.data.jpeg``), ``"device"``, ``"workers"``, or
-    ``"torchvision"`` (PIL transforms; also used for ten-crop evaluation). Every format of
+    ``"torchvision"`` (PIL transforms; also used for ten-crop evaluation). With ``cache_dir`` the
+    index of each split is kept there, keyed by the folder's state, and built by one process per
+    machine (``zflight.data.index_cache``). Every format of
     ``IMAGE_SUFFIXES`` is read. Files are checked when the module is built: unreadable ones are
     skipped with one warning naming them, or past ``files.bad_file_limit`` raise ``DataError``.
     Batches are ``(images, labels)``; with ``ten_crop`` validation images are (B, 10, 3, 224, 224).
@@ -156,6 +158,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         num_workers: int = 8,
         ten_crop: bool = False,
         decode: str = "auto",
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         if decode not in ("auto", "device", "workers", "torchvision"):
@@ -174,7 +177,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 size=image_size, resize=resize, mean=self.mean, std=self.std, decode=decode
             )
         self.class_names: list[str] = check_image_folder(self.root)
-        self.index = {s: index_images(self.root / s, self.class_names) for s in ("train", "val")}
+        cache = Path(os.path.expanduser(cache_dir)) if cache_dir else None
+        self.index = {
+            s: cached_index(self.root / s, self.class_names, cache) for s in ("train", "val")
+        }
         for split, index in self.index.items():
             report_bad_files(index, self.root / split)
 

@@ -40,7 +40,14 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
         )
     try:
         return ImageFolderDataModule(
-            d.root, d.image_size, d.resize, d.batch_size, d.num_workers, d.ten_crop, d.decode
+            d.root,
+            d.image_size,
+            d.resize,
+            d.batch_size,
+            d.num_workers,
+            d.ten_crop,
+            d.decode,
+            d.cache_dir,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
