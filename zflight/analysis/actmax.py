@@ -92,6 +92,7 @@ def activation_maximization(
     channels: int = 3,
     bounds: tuple[Sequence[float], Sequence[float]] | None = None,
     spatial: str = "max",
+    subset: Sequence[int] | None = None,
 ) -> ActMaxResult:
     """Find, for each ``(layer, unit)`` in ``targets``, an input that excites that unit.
 
@@ -116,6 +117,10 @@ def activation_maximization(
       / std)``; the image is clamped into them (the gradient passes the clamp unchanged), so
       the network only sees pictures it could be shown. ``None`` leaves it unbounded.
 
+    ``subset``: optimise only these targets (indices into ``targets``), exactly as they would be
+    optimised among all of them (the same start, the same jitter), so ranks can split the units
+    and gather the results.
+
     Returns the images and the unit activations on them (without jitter or penalties).
     """
     if param not in ("fourier", "pixel"):
@@ -138,6 +143,9 @@ def activation_maximization(
         shape = (n, channels, h, w)
         scale = None
     z = torch.randn(shape, generator=g_init) * init_std if init == "noise" else torch.zeros(shape)
+    if subset is not None:
+        z = z[torch.as_tensor(list(subset), dtype=torch.long)]
+        targets = [targets[i] for i in subset]
     z = z.to(device).requires_grad_(True)
 
     if bounds is not None:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from zflight.analysis.actmax import activation_maximization
+from zflight.analysis.actmax import ActMaxResult, activation_maximization
 from zflight.analysis.images import (
     add_border,
     caption,
@@ -20,6 +20,7 @@ from zflight.analysis.images import (
     to_uint8,
 )
 from zflight.analysis.scaled import actmax_resolution
+from zflight.analysis.shards import sharded
 from zflight.callbacks.base import AnalysisContext, VisualizationCallback
 from zflight.callbacks.results import Figure, Probe, VizResult
 
@@ -134,18 +135,30 @@ class ActivationMaximization(VisualizationCallback):
         return chosen
 
     @override
-    def analyze(self, model: nn.Module, probe: Probe, ctx: AnalysisContext) -> VizResult:
+    def analyze(self, model: nn.Module, probe: Probe, ctx: AnalysisContext) -> VizResult | None:
         chosen = self.chosen_units(model)
         targets = [(model.layer(name), u) for name, units in chosen.items() for u in units]
-        with ctx.autocast():
-            result = activation_maximization(
-                model,
-                targets,
-                self.image_size(*probe.images.shape[-2:]),
-                channels=probe.images.shape[1],
-                bounds=_valid_range(probe),
-                **self.options,
-            )
+
+        def optimised(units: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+            with ctx.autocast():
+                found = activation_maximization(
+                    model,
+                    targets,
+                    self.image_size(*probe.images.shape[-2:]),
+                    channels=probe.images.shape[1],
+                    bounds=_valid_range(probe),
+                    subset=units,
+                    **self.options,
+                )
+            return found.images, found.activations
+
+        # units split across ranks, each optimising its share, gathered for rank 0 to draw
+        images, activations = sharded(
+            optimised, len(targets), ctx.rank, ctx.world_size, ctx.all_gather
+        )
+        if ctx.rank != 0:
+            return None
+        result = ActMaxResult(images, activations)
         mean = torch.as_tensor(probe.mean, device=result.images.device).view(-1, 1, 1)
         std = torch.as_tensor(probe.std, device=result.images.device).view(-1, 1, 1)
         pictures = iter(zip(result.images * std + mean, result.activations.tolist()))

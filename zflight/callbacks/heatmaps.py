@@ -19,6 +19,7 @@ from zflight.analysis.images import (
     with_colorbar,
 )
 from zflight.analysis.localization import mass_in_mask, pointing_game
+from zflight.analysis.shards import index, sharded
 from zflight.callbacks.base import AnalysisContext, VisualizationCallback
 from zflight.callbacks.results import Figure, Probe, VizResult
 from zflight.callbacks.scoring import ScoreProbes
@@ -82,17 +83,25 @@ class HeatMaps(VisualizationCallback):
         return -(-images // world_size) * 6.0
 
     @override
-    def analyze(self, model: nn.Module, probe: Probe, ctx: AnalysisContext) -> VizResult:
+    def analyze(self, model: nn.Module, probe: Probe, ctx: AnalysisContext) -> VizResult | None:
         scored = self._scores.get(getattr(ctx, "trainer", None), probe)
         both = probe if scored is probe else _joined(probe, scored)
         x, labels = both.images, both.labels
         target = rectified_layer(model, self.layer)
-        with ctx.autocast():
-            with torch.no_grad():
-                probs = model(x).float().softmax(1)
-            preds = probs.argmax(1)
-            cams = gradcam(model, x, target, torch.stack([labels, preds], 1))
-            sal = saliency(model, x, labels)
+
+        def maps(rows: list[int]) -> tuple[torch.Tensor, ...]:
+            xs, ys = index(x, rows), index(labels, rows)
+            with ctx.autocast():
+                with torch.no_grad():
+                    p = model(xs).float().softmax(1)
+                cam = gradcam(model, xs, target, torch.stack([ys, p.argmax(1)], 1))
+                return p, cam.float(), saliency(model, xs, ys).float()
+
+        # images split across ranks (each rank its share), gathered for rank 0 to draw
+        probs, cams, sal = sharded(maps, len(x), ctx.rank, ctx.world_size, ctx.all_gather)
+        preds = probs.argmax(1)
+        if ctx.rank != 0:
+            return None
         scalars: dict[str, float] = {}
         if scored.masks is not None:
             part = slice(0, len(x)) if scored is probe else slice(len(probe.labels), len(x))

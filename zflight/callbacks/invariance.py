@@ -12,6 +12,7 @@ from typing_extensions import override
 
 from zflight.analysis.images import caption, denormalize, grid, title_bar, to_uint8, vstack
 from zflight.analysis.invariance import InvarianceCurve, invariance_curves, transform_images
+from zflight.analysis.shards import index, sharded
 from zflight.callbacks.base import AnalysisContext, VisualizationCallback
 from zflight.callbacks.results import Figure, Probe, VizResult
 
@@ -78,11 +79,33 @@ class Invariance(VisualizationCallback):
         return images * (1 + sum(len(v) for v in self.transforms.values()))
 
     @override
-    def analyze(self, model: nn.Module, probe: Probe, ctx: AnalysisContext) -> VizResult:
+    def analyze(self, model: nn.Module, probe: Probe, ctx: AnalysisContext) -> VizResult | None:
         x, labels = probe.images[: self.num_images], probe.labels[: self.num_images]
         layers = {name: model.layer(name) for name in self.layers}
-        with ctx.autocast():
-            curves = invariance_curves(model, x, labels, layers, self.transforms)
+        names: list[list[str]] = []  # each curve's layers, in the order the analysis gives them
+
+        def rows(idx: list[int]) -> tuple[torch.Tensor, ...]:
+            with ctx.autocast():
+                part = invariance_curves(
+                    model, index(x, idx), index(labels, idx), layers, self.transforms
+                )
+            names.extend(list(c.distances) for c in part)
+            # (n, V) per curve: one row per image, so the images' shares gather along dim 0
+            return tuple(t.float().T for c in part for t in (*c.distances.values(), c.p_true))
+
+        # images split across ranks, each rank its share of them, gathered
+        gathered = iter(sharded(rows, len(x), ctx.rank, ctx.world_size, ctx.all_gather))
+        curves = [
+            InvarianceCurve(
+                kind,
+                torch.as_tensor(values, dtype=torch.float32),
+                {name: next(gathered).T for name in layer_names},
+                next(gathered).T,
+            )
+            for (kind, values), layer_names in zip(self.transforms.items(), names)
+        ]
+        if ctx.rank != 0:
+            return None
         scalars = {}
         for curve in curves:
             for name, dist in curve.distances.items():
