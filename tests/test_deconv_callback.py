@@ -27,7 +27,8 @@ LAYERS = ["conv1", "conv3", "conv5"]
 
 
 class FakeContext:
-    """What analyze needs from AnalysisContext, with an all_gather that counts its calls."""
+    """What analyze needs from AnalysisContext, with an all_gather that counts its calls (the
+    other ranks send what this one does)."""
 
     def __init__(self, epoch: int = 0, rank: int = 0, world_size: int = 1) -> None:
         self.epoch, self.rank, self.world_size = epoch, rank, world_size
@@ -36,7 +37,7 @@ class FakeContext:
 
     def all_gather(self, t: torch.Tensor) -> torch.Tensor:
         self.gathers += 1
-        return t
+        return torch.cat([t] * self.world_size)
 
     def autocast(self):
         return contextlib.nullcontext()
@@ -222,7 +223,8 @@ def test_other_ranks_merge_but_draw_nothing(setup):
     ctx = FakeContext(rank=1, world_size=2)
     with torch.no_grad():
         assert cb.analyze(model, probe, ctx) is None
-    assert ctx.gathers == 5  # 4 to merge the top-k, 1 for the winners' classes
+    # 4 to merge the top-k, 1 for the winners' classes, 1 for its share of the projections
+    assert ctx.gathers == 6
 
 
 def test_random_selection_is_seeded():

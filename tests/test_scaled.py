@@ -20,7 +20,10 @@ def test_occluder_is_an_eighth_of_the_side_on_an_8_by_8_grid():
     for side in (64, 96, 224, 256):
         size, stride = occluder_for(side)
         assert len(window_starts(side, size, stride)) == 8
-    assert Occlusion().square(224) == (28, 28) and Occlusion(size=16, stride=8).square(224) == (16, 8)
+    assert Occlusion().square(224) == (28, 28) and Occlusion(size=16, stride=8).square(224) == (
+        16,
+        8,
+    )
     with pytest.raises(ValueError, match="stride needs a size"):
         Occlusion(stride=4)
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from zflight.analysis.deconvnet import Deconvnet, as_pair, receptive_field
+from zflight.analysis.shards import index, sharded
 
 
 @dataclass
@@ -274,25 +275,35 @@ def pool_keeps_maximum(pool: nn.MaxPool2d, in_size: Sequence[int], out_size: Seq
 
 
 def project_winners(
-    deconv: Deconvnet, layer: str, top: TopK, chunk: int = 64
+    deconv: Deconvnet,
+    layer: str,
+    top: TopK,
+    chunk: int = 64,
+    rank: int = 0,
+    world_size: int = 1,
+    all_gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Deconvnet projections of the stored winners, and their image patches, cropped to the
-    layer's receptive field: two (F, k, 3, h, w) tensors (projections, patches)."""
+    layer's receptive field: two (F, k, 3, h, w) tensors (projections, patches).
+
+    With ``world_size > 1`` each rank projects one share of the F x k winners and ``all_gather``
+    (concatenating along dim 0, called on every rank) brings them together (``shards.sharded``).
+    """
     f, k = top.images.shape[:2]
     images = top.images.flatten(0, 1)
     channels = top.channels.repeat_interleave(k)
     positions = top.positions[top.channels].flatten()
-    projections = (
-        torch.cat(
-            [
-                deconv.project(
-                    images[i : i + chunk], layer, channels[i : i + chunk], positions[i : i + chunk]
-                )
-                for i in range(0, len(images), chunk)
-            ]
-        )
-        if len(images)
-        else images
+
+    def project(rows: list[int]) -> tuple[torch.Tensor]:
+        x, c, p = (index(t, rows) for t in (images, channels, positions))
+        parts = [
+            deconv.project(x[i : i + chunk], layer, c[i : i + chunk], p[i : i + chunk])
+            for i in range(0, len(x), chunk)
+        ]
+        return (torch.cat(parts),)
+
+    (projections,) = (
+        sharded(project, len(images), rank, world_size, all_gather) if len(images) else (images,)
     )
     field = receptive_field(deconv.trunk, layer)
     boxes = unit_boxes(positions, top.map_size[1], field, tuple(images.shape[-2:]))

@@ -118,11 +118,13 @@ class DeconvTopK(MiningCallback):
         tops = self.mined(model, probe, ctx)
         self._ranking = {layer: top.values[:, 0].cpu() for layer, top in tops.items()}
         labels = {layer: self.winner_labels(top, ctx) for layer, top in tops.items()}
+        # every rank projects its share of the winners; rank 0 draws
+        tiles = {layer: self.crops(model, layer, top, probe, ctx) for layer, top in tops.items()}
         if ctx.rank != 0:
             return None
         result = VizResult()
         for layer, top in tops.items():
-            proj, patches = self.crops(model, layer, top, probe)
+            proj, patches = tiles[layer]
             result.figures[layer] = self._figure(layer, top, proj, patches, ctx.epoch)
             result.tables[f"{layer}/top{self.k}"] = self._table(
                 top, labels[layer], proj, patches, probe.class_names

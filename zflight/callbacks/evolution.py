@@ -73,9 +73,14 @@ class FeatureEvolution(MiningCallback):
 
     @override
     def analyze(self, model: nn.Module, probe: Probe, ctx: AnalysisContext) -> VizResult | None:
+        # every rank projects its share of the winners; rank 0 draws and keeps the strips
+        tops = self.mined(model, probe, ctx)
+        tiles = {layer: self.crops(model, layer, top, probe, ctx)[0] for layer, top in tops.items()}
+        if ctx.rank != 0:
+            return None
         result = VizResult()
-        for layer, top in self.mined(model, probe, ctx).items():
-            proj, _ = self.crops(model, layer, top, probe)
+        for layer, top in tops.items():
+            proj = tiles[layer]
             column = torch.from_numpy(np.stack([tiles[0] for tiles in proj]))
             strip = self.strips.setdefault(layer, {})
             if strip and next(iter(strip.values())).shape != column.shape:

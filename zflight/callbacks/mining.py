@@ -89,9 +89,9 @@ class MiningCallback(VisualizationCallback):
         self, image_shape: tuple[int, ...], world_size: int, masks: bool
     ) -> float:
         # each stored winner: its forward to the layer and its deconvnet projection back (about
-        # one forward each, crops of the receptive field: an upper bound)
+        # one forward each, crops of the receptive field: an upper bound), split across ranks
         features = getattr(self, "features_per_layer", 9)
-        return 2.0 * len(self.layers) * features * self.k
+        return 2.0 * len(self.layers) * -(-features * self.k // world_size)
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -196,13 +196,28 @@ class MiningCallback(VisualizationCallback):
         return labels
 
     def crops(
-        self, model: nn.Module, layer: str, top: TopK, probe: Probe
+        self,
+        model: nn.Module,
+        layer: str,
+        top: TopK,
+        probe: Probe,
+        ctx: AnalysisContext | None = None,
     ) -> tuple[list[list[np.ndarray]], list[list[np.ndarray]]]:
         """Per stored feature, k projection tiles and k image-patch tiles (uint8, enlarged to at
         least ``tile`` pixels). Each projection is contrast-normalised on its own, as in the
         paper's figures. Slots without a positive activation are hatched and labelled: "silent"
-        when the feature never fires, "inactive" when fewer than k images excite it."""
-        proj, patches = project_winners(Deconvnet(trunk_of(model), self.lrn), layer, top)
+        when the feature never fires, "inactive" when fewer than k images excite it.
+
+        With ``ctx`` the projections are split across its ranks (call on every rank); ranks
+        other than 0 get no tiles (only rank 0 draws)."""
+        split = (
+            {}
+            if ctx is None
+            else dict(rank=ctx.rank, world_size=ctx.world_size, all_gather=ctx.all_gather)
+        )
+        proj, patches = project_winners(Deconvnet(trunk_of(model), self.lrn), layer, top, **split)
+        if ctx is not None and ctx.rank != 0:
+            return [], []
         patches = denormalize(patches.flatten(0, 1).float(), probe.mean, probe.std).view_as(patches)
         scale = max(1, math.ceil(self.tile / max(proj.shape[-2:])))
         size = (proj.shape[-2] * scale, proj.shape[-1] * scale)
