@@ -7,7 +7,8 @@ analysis (seconds, forward passes a rank, share of the training epoch: the cost 
 
 Keys: ``out`` (``runs/rehearsal``), ``classes`` (8), ``train_per_class`` (8), ``val_per_class``
 (4), ``size`` (256), ``epochs`` (1), ``devices`` (2), ``width`` (0.25; 1.0 is the paper's net),
-``batch_size`` (16), ``overwrite`` (false). Any other ``key=value`` goes to the training run
+``batch_size`` (16), ``masks`` (true: object masks beside the folder, so localisation scores
+run; false: none, as in ImageNet), ``overwrite`` (false). Any other ``key=value`` goes to the training run
 (``callbacks.budget=0.02``, ``callbacks.actmax=null``). The defaults take a few minutes on 2 cores.
 """
 
@@ -37,6 +38,7 @@ class RehearsalConfig:
     devices: int = 2
     width: float = 0.25
     batch_size: int = 16
+    masks: bool = True
     overwrite: bool = False
 
 
@@ -126,7 +128,7 @@ def rehearse(argv: list[str]) -> int:
     wrote = time.perf_counter() - started
     print(
         f"rehearsal: wrote {counts['train']} training and {counts['val']} validation {cfg.size} px "
-        f"JPEGs with masks to {data} in {wrote:.1f} s",
+        f"JPEGs {'with' if cfg.masks else 'without'} masks to {data} in {wrote:.1f} s",
         flush=True,
     )
     args = train_overrides(cfg, data.resolve(), run.resolve(), extra)

@@ -19,11 +19,13 @@ def write_image_folder(
     size: int = 256,
     seed: int = 0,
     quality: int = 90,
+    masks: bool = True,
 ) -> dict[str, int]:
     """Write ``root/{train,val}/<class>/<n>.JPEG`` and ``root/masks/{train,val}/<class>/<n>.png``.
 
     Images are the shapes generator's at ``size`` px (a pure function of seed, split and index);
-    masks are 0/255 grayscale PNGs of the same size. Returns the number of images per split.
+    masks are 0/255 grayscale PNGs of the same size (``masks=False``: none, as in ImageNet).
+    Returns the number of images per split.
     """
     counts = {}
     for split, per_class in (("train", train_per_class), ("val", val_per_class)):
@@ -35,10 +37,11 @@ def write_image_folder(
             stem = f"{split}_{i:06d}"
             image_dir, mask_dir = root / split / name, root / "masks" / split / name
             image_dir.mkdir(parents=True, exist_ok=True)
-            mask_dir.mkdir(parents=True, exist_ok=True)
             pixels = data.images[i].permute(1, 2, 0).numpy()
             Image.fromarray(pixels).save(image_dir / f"{stem}.JPEG", quality=quality)
-            mask = data.masks[i].numpy().astype(np.uint8) * 255
-            Image.fromarray(mask).save(mask_dir / f"{stem}.png")
+            if masks:
+                mask_dir.mkdir(parents=True, exist_ok=True)
+                mask = data.masks[i].numpy().astype(np.uint8) * 255
+                Image.fromarray(mask).save(mask_dir / f"{stem}.png")
         counts[split] = len(data)
     return counts
