@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from tests.conftest import tiny_overrides
 from tests.helpers import Recording
-from zflight.callbacks.ledger import LedgerRow, ledger_line
+from zflight.callbacks.costs import LedgerRow, ledger_line
 from zflight.run.console import show_warning
 
 NOISE = [

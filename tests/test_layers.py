@@ -26,6 +26,7 @@ LAYERS = {
     "visualize": 3,
     "ablation": 3,
     "ablation_report": 3,
+    "rehearse": 3,
     "cli": 4,
     "__main__": 5,
 }

@@ -12,7 +12,7 @@ from torch import nn
 from zflight.analysis.cost import CountFlops, forward_flops, training_forwards
 from zflight.callbacks.base import VisualizationCallback
 from zflight.callbacks.budget import stretched
-from zflight.callbacks.ledger import COSTS, ledger_rows, ledger_scalars
+from zflight.callbacks.costs import COSTS, ledger_rows, ledger_scalars
 from zflight.callbacks.results import Probe
 
 

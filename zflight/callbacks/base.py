@@ -22,8 +22,8 @@ from torch import nn
 from typing_extensions import override
 
 from zflight.analysis.cost import CountFlops, forward_flops
+from zflight.callbacks.costs import COSTS
 from zflight.callbacks.isolation import isolated, nonfinite_parameters
-from zflight.callbacks.ledger import COSTS
 from zflight.callbacks.process_group import destroy_process_group_at_exit
 from zflight.callbacks.ranks import GatherMismatch, PeerFailed, RankAgreement, report_failure
 from zflight.callbacks.results import Probe, VizResult

@@ -14,10 +14,8 @@ start-up (``zflight.callbacks.budget``).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
@@ -25,124 +23,20 @@ import torch
 from typing_extensions import override
 
 from zflight.analysis.cost import training_forwards
+from zflight.callbacks.budget import fit_budget
+from zflight.callbacks.costs import (
+    COSTS,
+    Cost,
+    LedgerRow,
+    ledger_line,
+    ledger_rows,
+    ledger_scalars,
+    percent,
+    total_row,
+)
+from zflight.callbacks.ledger_chart import ledger_chart
 from zflight.callbacks.results import Figure, VizResult
 from zflight.callbacks.sinks import write_outputs
-
-
-@dataclass
-class Cost:
-    """One callback's cost on one rank in one epoch: seconds, FLOPs counted, FLOPs of one forward."""
-
-    seconds: float = 0.0
-    flops: int = 0
-    unit: int = 0
-
-    @property
-    def forwards(self) -> float:
-        """Forward-pass equivalents of the model at the probe images' size."""
-        return self.flops / self.unit if self.unit else 0.0
-
-
-class CostRecorder:
-    """Costs recorded by the callbacks of this process since the last ``take`` (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._costs: dict[str, Cost] = {}
-
-    def record(self, name: str, seconds: float, flops: int = 0, unit: int = 0) -> None:
-        with self._lock:
-            c = self._costs.setdefault(name, Cost())
-            c.seconds += seconds
-            c.flops += flops
-            c.unit = unit or c.unit
-
-    def take(self) -> dict[str, Cost]:
-        """The costs recorded since the last ``take``, in the order the callbacks ran."""
-        with self._lock:
-            costs, self._costs = self._costs, {}
-        return costs
-
-
-COSTS = CostRecorder()
-
-
-@dataclass
-class LedgerRow:
-    """One callback's line of the ledger, over all ranks."""
-
-    name: str
-    seconds: float  # the slowest rank
-    forwards: float  # the busiest rank
-    forwards_all: float  # summed over ranks
-    share: float  # forwards / the training epoch's forward passes on one rank
-    time_share: float  # seconds / the training epoch's seconds
-
-
-def ledger_rows(
-    names: list[str], per_rank: torch.Tensor, train_forwards: float, train_seconds: float
-) -> list[LedgerRow]:
-    """Rows from ``per_rank`` (R, N, 2): seconds and forward passes of each callback on each rank."""
-    rows = []
-    for i, name in enumerate(names):
-        seconds, forwards = per_rank[:, i, 0], per_rank[:, i, 1]
-        busiest = float(forwards.max())
-        rows.append(
-            LedgerRow(
-                name,
-                float(seconds.max()),
-                busiest,
-                float(forwards.sum()),
-                busiest / train_forwards if train_forwards > 0 else float("nan"),
-                float(seconds.max()) / train_seconds if train_seconds > 0 else float("nan"),
-            )
-        )
-    return rows
-
-
-def ledger_line(epoch: int, rows: list[LedgerRow]) -> str:
-    """``epoch 3: analyses 4.2 s, 310 forwards a rank, 1.2% of training (deconv 1.1 s 20 fw, ...)``."""
-    total = total_row(rows)
-    parts = ", ".join(f"{r.name} {r.seconds:.1f} s {r.forwards:.0f} fw" for r in rows)
-    share = f", {_percent(total.share)} of training" if total.share == total.share else ""
-    return (
-        f"epoch {epoch}: analyses {total.seconds:.1f} s, {total.forwards:.0f} forwards a rank"
-        f"{share} ({parts})"
-    )
-
-
-def ledger_scalars(rows: list[LedgerRow], train_forwards: float, train_seconds: float) -> dict:
-    """``<callback>/<seconds|forwards|share>``; ``total/`` adds ``forwards_all`` and ``time_share``."""
-    scalars: dict[str, float] = {}
-    every = ("seconds", "forwards", "share")
-    for r, keys in [
-        *((r, every) for r in rows),
-        (total_row(rows), (*every, "forwards_all", "time_share")),
-    ]:
-        for key in keys:
-            value = getattr(r, key)
-            if value == value:  # no share without a training epoch (zflight visualize)
-                scalars[f"{r.name}/{key}"] = value
-    if train_forwards > 0:
-        scalars["train/forwards"] = train_forwards
-        scalars["train/seconds"] = train_seconds
-    return scalars
-
-
-def total_row(rows: list[LedgerRow]) -> LedgerRow:
-    """All analyses together: times add up, and so do forward passes of one rank."""
-    return LedgerRow(
-        "total",
-        sum(r.seconds for r in rows),
-        sum(r.forwards for r in rows),
-        sum(r.forwards_all for r in rows),
-        sum(r.share for r in rows),
-        sum(r.time_share for r in rows),
-    )
-
-
-def _percent(share: float) -> str:
-    return f"{100 * share:.2g}%" if share < 0.1 else f"{100 * share:.0f}%"
 
 
 class CostLedger(pl.Callback):
@@ -176,8 +70,6 @@ class CostLedger(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.budget is None:
             return
-        from zflight.callbacks.budget import fit_budget
-
         line = fit_budget(trainer, pl_module, self.budget, self.backward_factor)
         if line and trainer.is_global_zero and self.write is not None:
             self.write(line)
@@ -227,8 +119,6 @@ class CostLedger(pl.Callback):
         if self.write is not None:
             self.write(ledger_line(trainer.current_epoch, self.rows))
         scalars = ledger_scalars(self.rows, train_forwards, self._train_seconds)
-        from zflight.callbacks.ledger_chart import ledger_chart
-
         chart = Figure(
             ledger_chart(self.rows, trainer.current_epoch, self.budget),
             ledger_caption(self.rows, trainer.current_epoch, trainer.world_size, self.budget),
@@ -246,9 +136,9 @@ def ledger_caption(rows: list[LedgerRow], epoch: int, world_size: int, budget: f
         f"{total.forwards:.0f} forwards, {total.seconds:.1f} s"
     )
     if total.share == total.share:
-        text += f", {_percent(total.share)} of the training epoch"
+        text += f", {percent(total.share)} of the training epoch"
     if budget is not None:
-        text += f" (budget {_percent(budget)})"
+        text += f" (budget {percent(budget)})"
     return text + "."
 
 

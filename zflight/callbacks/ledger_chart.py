@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from zflight.callbacks.ledger import LedgerRow, total_row
+from zflight.callbacks.costs import LedgerRow, total_row
 
 
 def ledger_chart(
