@@ -31,12 +31,12 @@ def ledger_chart(
         ax.axvline(budget * 100, color="C3", ls="--", lw=1.2, label=f"budget (total) {budget:.1%}")
     total_fw, total_t = share[-1] / 100, time_share[-1] / 100
     ax.set_title(
-        f"Analysis cost, epoch {epoch}: {total_fw:.1%} of training in forward passes, "
+        f"Analysis cost, epoch {epoch}\n{total_fw:.1%} of the training epoch in forward passes, "
         f"{total_t:.1%} in time",
         fontsize="medium",
     )
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize="small", loc="lower right")
+    ax.legend(fontsize="small", loc="best")
     fig.tight_layout()
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
