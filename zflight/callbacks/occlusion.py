@@ -24,14 +24,14 @@ from zflight.analysis.images import (
     vstack,
     with_colorbar,
 )
-from zflight.analysis.localization import mass_in_mask, pointing_game
 from zflight.analysis.occlusion import FILLS, METHODS, OcclusionMaps, occlusion_maps, window_starts
-from zflight.callbacks.base import AnalysisContext, VisualizationCallback
+from zflight.callbacks.attribution_checks import AttributionCallback, score_text
+from zflight.callbacks.base import AnalysisContext
 from zflight.callbacks.results import Figure, Probe, VizResult
 from zflight.callbacks.scoring import ScoreProbes
 
 
-class Occlusion(VisualizationCallback):
+class Occlusion(AttributionCallback):
     """Occlusion sensitivity of the probe images, one panel per image.
 
     Figure ``panels``, per probe image: the image; the probability of the true class with the
@@ -44,8 +44,13 @@ class Occlusion(VisualizationCallback):
     With object masks, scalars score the drop in true-class probability (unoccluded minus
     occluded, on the image) over ``score_probes`` validation images drawn separately from the
     pictured ones: ``pointing_game`` is the share of images whose largest drop lies in the mask,
-    ``drop_mass_in_mask`` the share of the positive drop that falls inside it, averaged over
-    images.
+    ``mass_in_mask`` the share of the positive drop that falls inside it, averaged over images;
+    each beside the same score of the image centre and of a uniform random map
+    (``..._baseline_centre``, ``..._baseline_random``) and its margin over the better one. A
+    drop within ``OcclusionMaps.rtol`` of the base probability is rounding and counts as zero.
+    Figures ``faithfulness`` (deletion and insertion of pixels in the order of the drop map,
+    against a random order, with the AUCs as scalars) and ``sanity`` (the drop maps as the
+    layers are randomised from the top) come from ``AttributionCallback``.
 
     Positions are split across ranks and gathered; only rank 0 draws.
 
@@ -62,7 +67,8 @@ class Occlusion(VisualizationCallback):
         tile: pictures are enlarged (nearest neighbour) to at least this many pixels a side.
         score_probes: validation images the scores are computed on (a seeded set of their own;
             0 scores the pictured probes).
-        **kwargs: schedule and probe options of ``VisualizationCallback``.
+        **kwargs: the checks' options of ``AttributionCallback`` (faithfulness, sanity) and the
+            schedule and probe options of ``VisualizationCallback``.
 
     Raises:
         ValueError: for an unknown ``fill`` or ``method``, or a stride outside [1, size].
@@ -72,6 +78,7 @@ class Occlusion(VisualizationCallback):
     """
 
     name = "occlusion"
+    methods = {"": "occlusion"}
 
     def __init__(
         self,
@@ -112,14 +119,31 @@ class Occlusion(VisualizationCallback):
         maps = self._maps(model, probe, ctx, self.feature_layer if has_trunk else None)
         scored = self._scores.get(getattr(ctx, "trainer", None), probe)
         score_maps = maps if scored is probe else self._maps(model, scored, ctx, None)
+        drops = {"": score_maps.upsample(score_maps.drop())}
+        scalars: dict[str, float] = {}
+        figures: dict[str, Figure] = {}
+        if scored.masks is not None:
+            scalars.update(self.localisation(drops, scored.masks))
+        if self.due(self.faithfulness_every_n_epochs, ctx):
+            fills = self.fills(scored)
+            values, fig = self.faithfulness(model, scored.images, scored.labels, fills, drops, ctx)
+            scalars.update(values)
+            if fig is not None:
+                figures["faithfulness"] = fig
+        if self.due(self.sanity_every_n_epochs, ctx):
+            few = slice(0, min(self.sanity_probes, len(probe.labels)))
+            sub = Probe(probe.images[few], probe.labels[few], None, probe.mean, probe.std)
+
+            def attribute(net: nn.Module) -> dict[str, torch.Tensor]:
+                m = self._maps(net, sub, ctx, None)
+                return {"": m.upsample(m.drop())}
+
+            values, fig, _ = self.sanity(model, attribute, probe.display()[few], ctx)
+            scalars.update(values)
+            if fig is not None:
+                figures["sanity"] = fig
         if ctx.rank != 0:
             return None
-        scalars: dict[str, float] = {}
-        if scored.masks is not None:
-            drops = score_maps.upsample(score_maps.drop())
-            masks = scored.masks.bool().to(drops.device)
-            scalars["pointing_game"] = pointing_game(drops, masks).float().mean().item()
-            scalars["drop_mass_in_mask"] = mass_in_mask(drops, masks).mean().item()
         projections = None
         if self.deconv and maps.channel is not None:
             projections = Deconvnet(model.features).project(
@@ -140,8 +164,10 @@ class Occlusion(VisualizationCallback):
             + " "
             + scores
         )
-        figure = Figure(vstack([f.image for f in panels], pad=6), text)
-        return VizResult(figures={"panels": figure}, scalars=scalars)
+        baselines = score_text(scalars, "", "Occlusion drop")
+        text += (" " + baselines) if baselines else ""
+        figures["panels"] = Figure(vstack([f.image for f in panels], pad=6), text)
+        return VizResult(figures=figures, scalars=scalars)
 
     def _maps(
         self, model: nn.Module, probe: Probe, ctx: AnalysisContext, feature_layer: str | None
