@@ -112,3 +112,13 @@ def test_scores_with_baselines_give_the_margin_over_the_better_baseline():
     assert s["m_pointing_game_margin"] == 0.5 - 0.1
     assert s["m_mass_in_mask_baseline_centre"] < 0.1  # a corner object: random is the better
     assert s["m_mass_in_mask_margin"] == pytest.approx(0.5 - 0.1)
+
+
+def test_dilate_equals_a_convolution_with_the_disk():
+    masks = torch.rand(5, 23, 31, generator=torch.Generator().manual_seed(0)) > 0.93
+    for radius in (1.0, 1.5, 2.9, 4.3):
+        r = int(radius)
+        d = torch.arange(-r, r + 1, dtype=torch.float32)
+        disk = ((d[:, None] ** 2 + d[None, :] ** 2) <= radius**2).float()[None, None]
+        conv = torch.nn.functional.conv2d(masks[:, None].float(), disk, padding=r)[:, 0] > 0
+        assert torch.equal(dilate(masks, radius), conv)

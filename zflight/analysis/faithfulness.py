@@ -88,6 +88,7 @@ def deletion_insertion(
     per = -(-jobs.shape[0] // world_size)
     mine = jobs[rank * per : (rank + 1) * per]
     mine = torch.cat([mine, jobs[:1].expand(per - mine.shape[0], 4)])
+    layout = input_layout(model)
     out = []
     with torch.inference_mode(), (autocast or contextlib.nullcontext)():
         for i in range(0, per, batch_size):
@@ -96,8 +97,19 @@ def deletion_insertion(
             deleted = torch.where(changed, fills[img], images[img])
             revealed = torch.where(changed, images[img], fills[img])
             x = torch.where((mode == 0).view(-1, 1, 1, 1), deleted, revealed)
+            x = x.contiguous(memory_format=layout)
             probs = model(x).float().softmax(1)
             out.append(probs.gather(1, labels[img][:, None]).squeeze(1))
     local = torch.cat(out)
     gathered = local if world_size == 1 else all_gather(local)
     return gathered[: jobs.shape[0]].reshape(m, 2, n, steps + 1)
+
+
+def input_layout(model: nn.Module) -> torch.memory_format:
+    """The memory format the model's convolutions are kept in (channels_last or not): inputs in
+    the same layout skip a conversion in every layer."""
+    for p in model.parameters():
+        if p.dim() == 4:
+            nhwc = p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+            return torch.channels_last if nhwc else torch.contiguous_format
+    return torch.contiguous_format

@@ -34,8 +34,13 @@ def pointing_game(
     _check(maps, masks)
     if tolerance is None:
         tolerance = default_tolerance(maps.shape[-1])
-    hit = dilate(masks.bool(), tolerance).flatten(1).gather(1, peak_pixel(maps)[:, None])
-    return hit.squeeze(1) & has_evidence(maps)
+    return pointing_hits(maps, dilate(masks, tolerance))
+
+
+def pointing_hits(maps: torch.Tensor, grown: torch.Tensor) -> torch.Tensor:
+    """``pointing_game`` against masks already grown by the tolerance (``dilate``)."""
+    hit = grown.flatten(1).gather(1, peak_pixel(maps)[:, None]).squeeze(1)
+    return hit & has_evidence(maps)
 
 
 def default_tolerance(width: int) -> float:
@@ -67,14 +72,21 @@ def peak_pixel(maps: torch.Tensor) -> torch.Tensor:
 
 
 def dilate(masks: torch.Tensor, radius: float) -> torch.Tensor:
-    """Grow (N, H, W) boolean masks by every pixel within Euclidean distance ``radius``."""
+    """Grow (N, H, W) boolean masks by every pixel within Euclidean distance ``radius``: the union
+    of the masks shifted by each offset in the disk (exact, and cheaper than a convolution)."""
     r = int(radius)
+    masks = masks.bool()
     if r < 1:
         return masks
-    d = torch.arange(-r, r + 1, dtype=torch.float32, device=masks.device)
-    disk = ((d[:, None] ** 2 + d[None, :] ** 2) <= radius**2).float()[None, None]
-    grown = torch.nn.functional.conv2d(masks[:, None].float(), disk, padding=r)
-    return grown[:, 0] > 0
+    h, w = masks.shape[-2:]
+    grown = masks.clone()
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            if (dy or dx) and dy * dy + dx * dx <= radius * radius:
+                ys, yd = slice(max(0, -dy), h - max(0, dy)), slice(max(0, dy), h - max(0, -dy))
+                xs, xd = slice(max(0, -dx), w - max(0, dx)), slice(max(0, dx), w - max(0, -dx))
+                grown[:, yd, xd] |= masks[:, ys, xs]
+    return grown
 
 
 def mass_in_mask(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -100,20 +112,24 @@ def centre_map(height: int, width: int, sigma: float | None = None) -> torch.Ten
     return torch.exp(-(y[:, None] ** 2 + x[None, :] ** 2) / (2 * sigma**2))
 
 
-def baseline_scores(masks: torch.Tensor, tolerance: float | None = None) -> dict[str, torch.Tensor]:
+def baseline_scores(
+    masks: torch.Tensor, tolerance: float | None = None, grown: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """(N,) scores of the trivial maps on (N, H, W) ``masks``: ``pointing_game`` and
     ``mass_in_mask`` of the centre (``centre_*``) and the expected values for a uniform random map
-    (``random_*``: the dilated mask's and the mask's share of the image)."""
+    (``random_*``: the dilated mask's and the mask's share of the image). ``grown``: the masks
+    already dilated by the tolerance."""
     masks = masks.bool()
     n, h, w = masks.shape
-    if tolerance is None:
-        tolerance = default_tolerance(w)
-    centre = centre_map(h, w).to(masks.device).expand(n, h, w)
+    if grown is None:
+        grown = dilate(masks, default_tolerance(w) if tolerance is None else tolerance)
+    centre = centre_map(h, w).to(masks.device)
     area = float(h * w)
+    at_centre = grown.flatten(1)[:, int(peak_pixel(centre[None])[0])]
     return {
-        "centre_pointing_game": pointing_game(centre, masks, tolerance).double(),
-        "centre_mass_in_mask": mass_in_mask(centre, masks).double(),
-        "random_pointing_game": dilate(masks, tolerance).flatten(1).sum(1).double() / area,
+        "centre_pointing_game": at_centre.double(),
+        "centre_mass_in_mask": mass_in_mask(centre.expand(n, h, w), masks).double(),
+        "random_pointing_game": grown.flatten(1).sum(1).double() / area,
         "random_mass_in_mask": masks.flatten(1).sum(1).double() / area,
     }
 
@@ -131,9 +147,10 @@ def scores_with_baselines(
     baseline (positive: the maps beat both trivial guesses).
     """
     masks = masks.bool().to(maps.device)
-    base = baseline_scores(masks, tolerance)
+    grown = dilate(masks, default_tolerance(maps.shape[-1]) if tolerance is None else tolerance)
+    base = baseline_scores(masks, grown=grown)
     values = {
-        "pointing_game": pointing_game(maps, masks, tolerance).double().mean().item(),
+        "pointing_game": pointing_hits(maps, grown).double().mean().item(),
         "mass_in_mask": mass_in_mask(maps, masks).double().mean().item(),
     }
     out: dict[str, float] = {}

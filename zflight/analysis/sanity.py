@@ -72,17 +72,16 @@ def average_ranks(x: Tensor, rtol: float = RTOL) -> Tensor:
     x = x.double()
     step = rtol * x.abs().amax(1, keepdim=True)
     x = torch.where(step > 0, torch.round(x / step.clamp_min(1e-300)), x)
-    order = x.argsort(dim=1, stable=True)
-    sorted_x = x.gather(1, order)
-    ranks = torch.empty_like(x)
-    for i in range(x.shape[0]):
-        _, inverse, counts = torch.unique_consecutive(
-            sorted_x[i], return_inverse=True, return_counts=True
-        )
-        last = counts.cumsum(0).double() - 1
-        mean_rank = last - (counts.double() - 1) / 2
-        ranks[i, order[i]] = mean_rank[inverse]
-    return ranks
+    sorted_x, order = x.sort(dim=1, stable=True)
+    # runs of equal values: each takes the mean of the positions it spans
+    new_run = torch.ones_like(sorted_x, dtype=torch.bool)
+    new_run[:, 1:] = sorted_x[:, 1:] != sorted_x[:, :-1]
+    run = new_run.long().cumsum(1) - 1
+    position = torch.arange(x.shape[1], dtype=torch.float64, device=x.device).expand_as(x)
+    total = torch.zeros_like(x).scatter_add_(1, run, position)
+    count = torch.zeros_like(x).scatter_add_(1, run, torch.ones_like(x))
+    mean_rank = (total / count.clamp_min(1)).gather(1, run)
+    return torch.empty_like(x).scatter_(1, order, mean_rank)
 
 
 def spearman(a: Tensor, b: Tensor) -> Tensor:

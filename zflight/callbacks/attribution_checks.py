@@ -44,7 +44,8 @@ class AttributionCallback(VisualizationCallback):
             the last epoch and in ``zflight visualize``); 0 switches them off.
         faithfulness_steps: points on each curve after the first (pixels change in
             ``1/steps`` shares of the image).
-        faithfulness_batch: occluded copies per forward pass.
+        faithfulness_images: the first this many images of the score set (0: all of it).
+        faithfulness_batch: copies per forward pass.
         sanity_every_n_epochs: the randomisation check every this many epochs (and on the last
             and in ``zflight visualize``); 0 switches it off and keeps no start weights.
         sanity_probes: drawn probe images the check uses.
@@ -56,7 +57,8 @@ class AttributionCallback(VisualizationCallback):
     def __init__(
         self,
         faithfulness_every_n_epochs: int = 1,
-        faithfulness_steps: int = 16,
+        faithfulness_steps: int = 10,
+        faithfulness_images: int = 32,
         faithfulness_batch: int = 256,
         sanity_every_n_epochs: int = 1,
         sanity_probes: int = 4,
@@ -66,6 +68,7 @@ class AttributionCallback(VisualizationCallback):
         for key, value, low in (
             ("faithfulness_every_n_epochs", faithfulness_every_n_epochs, 0),
             ("faithfulness_steps", faithfulness_steps, 1),
+            ("faithfulness_images", faithfulness_images, 0),
             ("faithfulness_batch", faithfulness_batch, 1),
             ("sanity_every_n_epochs", sanity_every_n_epochs, 0),
             ("sanity_probes", sanity_probes, 1),
@@ -74,6 +77,7 @@ class AttributionCallback(VisualizationCallback):
                 raise ValueError(f"{key} must be >= {low}, got {value}")
         self.faithfulness_every_n_epochs = faithfulness_every_n_epochs
         self.faithfulness_steps = faithfulness_steps
+        self.faithfulness_images = faithfulness_images
         self.faithfulness_batch = faithfulness_batch
         self.sanity_every_n_epochs = sanity_every_n_epochs
         self.sanity_probes = sanity_probes
@@ -146,6 +150,10 @@ class AttributionCallback(VisualizationCallback):
         ``p{deletion,insertion}_auc``, ``..._auc_baseline_random`` and ``..._margin`` (how much
         better than random: random minus deletion, insertion minus random). The figure is drawn
         on rank 0 only."""
+        if self.faithfulness_images:
+            keep = slice(0, self.faithfulness_images)
+            images, labels, fills = images[keep], labels[keep], fills[keep]
+            maps = {p: m[keep] for p, m in maps.items()}
         g = torch.Generator().manual_seed(self.probe_seed + 17)
         n, pixels = images.shape[0], images.shape[2] * images.shape[3]
         orders = [pixel_order(m.cpu(), g) for m in maps.values()]
