@@ -88,3 +88,19 @@ def test_heatmaps_report_the_check_against_the_start_network():
     fresh = HeatMaps()
     fresh.load_state_dict(state)
     assert torch.equal(fresh.start_weights["features.conv1.weight"], start.features.conv1.weight)
+
+
+def test_maps_that_do_not_change_survive_and_say_so_once():
+    torch.manual_seed(0)
+    net = zfnet(num_classes=4, width=0.125, head_pool=2)
+    cb = HeatMaps(sanity_probes=2, faithfulness_every_n_epochs=0)
+    cb.capture_start(net)  # "randomised" to the very same weights: nothing changes
+    with pytest.warns(UserWarning, match="saliency maps survive randomisation") as seen:
+        result = run(cb, net, make_probe())
+        run(cb, net, make_probe())
+    said = [str(w.message) for w in seen if "survive" in str(w.message)]
+    assert len(said) == 2  # Grad-CAM and saliency, each once over two analyses
+    assert result.scalars["sanity_spearman"] == pytest.approx(1.0)
+    assert "Grad-CAM maps survive randomisation: rank correlation 1.00" in (
+        result.figures["sanity"].caption
+    )

@@ -21,6 +21,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -83,6 +84,7 @@ class AttributionCallback(VisualizationCallback):
         self.sanity_probes = sanity_probes
         self.start_weights: dict[str, Tensor] | None = None
         self.start_epoch: int | None = None
+        self._announced: set[str] = set()
 
     # ---- the start weights (the sanity check's random draw) ----------------------------------
     @override
@@ -128,6 +130,12 @@ class AttributionCallback(VisualizationCallback):
         size = getattr(self, "size", max(1, probe.images.shape[-1] // 8))
         fill = getattr(self, "fill", "mean")
         return fill_images(probe.images, fill, (size, size), probe.mean, probe.std)
+
+    def _final(self, ctx: AnalysisContext) -> bool:
+        """The last epoch of a fit, or a single post-hoc analysis."""
+        trainer = getattr(ctx, "trainer", None)
+        max_epochs = getattr(trainer, "max_epochs", None)
+        return max_epochs is None or ctx.epoch >= max_epochs - 1
 
     def localisation(self, maps: Maps, masks: Tensor) -> dict[str, float]:
         """Pointing game and mass in mask of each method beside both baselines, with margins."""
@@ -223,13 +231,18 @@ class AttributionCallback(VisualizationCallback):
         trained = depths[0][1]
         rho = {p: [spearman(trained[p], maps[p]) for _, maps in depths] for p in trained}
         scalars = {f"{p}sanity_spearman": float(r[-1].mean()) for p, r in rho.items()}
-        survivors = [
-            f"{self.methods.get(p, p)} maps survive randomisation: rank correlation "
+        said = {
+            p: f"{self.methods.get(p, p)} maps survive randomisation: rank correlation "
             f"{scalars[f'{p}sanity_spearman']:.2f} with the trained net's with every layer "
             "randomised, so they show the input more than what the network learned."
             for p in rho
             if scalars[f"{p}sanity_spearman"] >= SURVIVES
-        ]
+        }
+        survivors = list(said.values())
+        if self._final(ctx):  # said once, of the trained net's maps
+            for p in said.keys() - self._announced:
+                self._announced.add(p)
+                rank_zero_warn(said[p])
         if ctx.rank != 0:
             return scalars, None, survivors
         named_depths = [
