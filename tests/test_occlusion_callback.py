@@ -131,8 +131,9 @@ def test_other_ranks_gather_and_return_nothing():
     ctx = FakeContext(rank=1, world_size=2)
     assert cb.analyze(model, probe, ctx) is None
     # 2 images x 25 positions, half each, one collective; then the deletion and insertion
-    # curves: 2 orders (the drop map's, a random one) x 2 modes x 2 images x 17 steps, half each
-    assert ctx.gathered == [25, 68]
+    # curves: 2 orders (the drop map's, a random one) x 2 modes x 2 images x 9 inner steps, and
+    # the curves' 2 ends per image, half each
+    assert ctx.gathered == [25, (2 * 2 * 2 * 9 + 2 * 2) // 2]
 
 
 def test_model_without_trunk_gets_three_tiles_and_no_scores():

@@ -58,8 +58,8 @@ def deletion_insertion(
     ``fills`` (N, C, H, W) is what a removed pixel shows (the occluder's fill); ``orders`` (M, N,
     H*W) lists pixel indices, most important first. At step k of ``steps`` the first
     round(k H W / steps) pixels of the order are removed (deletion) or revealed (insertion).
-    This rank evaluates one contiguous share of the M*2*N*(steps+1) copies, ``batch_size`` at a
-    time; ``all_gather`` concatenates the shares (called once on every rank when
+    The curves' ends (the image, the fill) are evaluated once per image; this rank evaluates
+    one contiguous share of the M*2*N*(steps-1) + 2*N copies, ``batch_size`` at a time; ``all_gather`` concatenates the shares (called once on every rank when
     ``world_size > 1``).
     """
     if world_size > 1 and all_gather is None:
@@ -82,9 +82,10 @@ def deletion_insertion(
         torch.arange(pixels, dtype=torch.int32, device=device).expand(m, n, pixels).contiguous(),
     )
     count = torch.round(torch.arange(steps + 1, device=device) * pixels / steps).int()
-    jobs = torch.cartesian_prod(
-        torch.arange(m), torch.arange(2), torch.arange(n), torch.arange(steps + 1)
-    ).to(device)
+    # the curves' ends are the same for every order: the image itself and the fill, once each
+    inner = _grid(torch.arange(m), torch.arange(2), torch.arange(n), torch.arange(1, steps))
+    ends = _grid(torch.zeros(1), torch.zeros(1), torch.arange(n), torch.tensor([0, steps]))
+    jobs = torch.cat([inner, ends]).to(device)
     per = -(-jobs.shape[0] // world_size)
     mine = jobs[rank * per : (rank + 1) * per]
     mine = torch.cat([mine, jobs[:1].expand(per - mine.shape[0], 4)])
@@ -101,8 +102,19 @@ def deletion_insertion(
             probs = model(x).float().softmax(1)
             out.append(probs.gather(1, labels[img][:, None]).squeeze(1))
     local = torch.cat(out)
-    gathered = local if world_size == 1 else all_gather(local)
-    return gathered[: jobs.shape[0]].reshape(m, 2, n, steps + 1)
+    gathered = (local if world_size == 1 else all_gather(local))[: jobs.shape[0]]
+    middle = gathered[: inner.shape[0]].reshape(m, 2, n, steps - 1)
+    image, fill = gathered[inner.shape[0] :].reshape(n, 2).unbind(1)
+    image, fill = image.expand(m, n)[:, :, None], fill.expand(m, n)[:, :, None]
+    deletion = torch.cat([image, middle[:, 0], fill], 2)
+    insertion = torch.cat([fill, middle[:, 1], image], 2)
+    return torch.stack([deletion, insertion], 1)
+
+
+def _grid(*axes: Tensor) -> Tensor:
+    """(K, len(axes)) long: every combination of the axes' values (none when one is empty)."""
+    mesh = torch.meshgrid(*[a.long() for a in axes], indexing="ij")
+    return torch.stack([g.reshape(-1) for g in mesh], 1)
 
 
 def input_layout(model: nn.Module) -> torch.memory_format:
