@@ -165,7 +165,8 @@ class AttributionCallback(VisualizationCallback):
         g = torch.Generator().manual_seed(self.probe_seed + 17)
         n, pixels = images.shape[0], images.shape[2] * images.shape[3]
         orders = [pixel_order(m.cpu(), g) for m in maps.values()]
-        orders.append(random_order(n, pixels, g))
+        # the same random orders for every callback scoring the same images
+        orders.append(random_order(n, pixels, torch.Generator().manual_seed(self.probe_seed + 18)))
         curves = deletion_insertion(
             model,
             images,
