@@ -116,12 +116,9 @@ class AttributionCallback(VisualizationCallback):
         """Whether a check run every ``every`` epochs is due now (0: never)."""
         if every <= 0:
             return False
-        trainer = getattr(ctx, "trainer", None)
-        max_epochs = getattr(trainer, "max_epochs", None)
-        state = getattr(trainer, "state", None)
-        if max_epochs is None or getattr(state, "fn", None) == "validate":
+        if _single(ctx):
             return True  # a single analysis (post hoc): every check
-        last = ctx.epoch == max_epochs - 1
+        last = ctx.epoch == ctx.trainer.max_epochs - 1
         return (ctx.epoch + 1) % every == 0 or (last and self.on_last_epoch)
 
     def fills(self, probe: Probe) -> Tensor:
@@ -133,9 +130,7 @@ class AttributionCallback(VisualizationCallback):
 
     def _final(self, ctx: AnalysisContext) -> bool:
         """The last epoch of a fit, or a single post-hoc analysis."""
-        trainer = getattr(ctx, "trainer", None)
-        max_epochs = getattr(trainer, "max_epochs", None)
-        return max_epochs is None or ctx.epoch >= max_epochs - 1
+        return _single(ctx) or 0 < ctx.trainer.max_epochs <= ctx.epoch + 1
 
     def localisation(self, maps: Maps, masks: Tensor) -> dict[str, float]:
         """Pointing game and mass in mask of each method beside both baselines, with margins."""
@@ -269,6 +264,13 @@ class AttributionCallback(VisualizationCallback):
         title = f"Randomisation check, epoch {ctx.epoch}"
         note = "Columns: the trained net, then the layers randomised from the top down to each."
         return scalars, Figure(title_bar(body, title, note), text), survivors
+
+
+def _single(ctx: AnalysisContext) -> bool:
+    """A single analysis outside a fit: ``validate`` (``zflight visualize``) or no trainer."""
+    trainer = getattr(ctx, "trainer", None)
+    state = getattr(trainer, "state", None)
+    return getattr(trainer, "max_epochs", None) is None or getattr(state, "fn", None) == "validate"
 
 
 def score_text(scalars: dict[str, float], prefix: str, name: str) -> str:
