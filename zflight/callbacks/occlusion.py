@@ -59,7 +59,7 @@ class Occlusion(AttributionCallback):
             64 px shapes images: cheap enough to score 64 images every epoch on CPU, and small
             enough against the shapes (about 24 px) that the largest drop lands on the object
             (pointing game 0.88 on 64 images after the default run, where the image centre
-            gets 0.81 and a random map 0.27; 0.72 with a 16 px square, below the centre).
+            gets 0.81 and a random map 0.27; 0.80 with a 16 px square, below the centre).
         fill: ``"mean"`` (data set mean, gray), ``"zero"`` (black), ``"blur"`` or a constant.
         feature_layer: layer whose strongest map is tracked and projected.
         deconv: draw the deconvnet projection of that map.
