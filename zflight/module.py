@@ -54,7 +54,7 @@ class ClassifierModule(pl.LightningModule):
             raise ValueError(
                 f"optim.schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}"
             )
-        self.save_hyperparameters(ignore=["model"])
+        self.save_hyperparameters(ignore=["model"], logger=False)  # the run logs its whole config
         self.model = model
         self.channels_last = channels_last
         if channels_last:

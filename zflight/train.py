@@ -103,8 +103,13 @@ def _finish(logger: Any) -> None:
     """Flush and close a W&B run so everything is on disk when training returns."""
     from lightning.pytorch.loggers import WandbLogger
 
+    from zflight.callbacks.sinks import WRITER
+
     if isinstance(logger, WandbLogger):
         try:
+            if hasattr(logger, "commit_rows"):  # the last epoch's row, also when a run stops early
+                WRITER.flush(raise_errors=False)
+                logger.commit_rows()
             logger.experiment.finish()
             import wandb
 
