@@ -67,7 +67,10 @@ def train(overrides: list[str] | None = None) -> dict[str, Any]:
         run_dir / "checkpoints" / "last.ckpt", OmegaConf.to_container(cfg, resolve=True)
     )
     logger = build.build_logger(cfg, run_dir)
-    watch = [RunRecord(), *quiet_console(logger)]  # gallery numbers; progress, analyses, summary
+    watch = [
+        RunRecord(),
+        *quiet_console(logger, cfg.trainer.progress),
+    ]  # gallery numbers; progress, analyses, summary
     trainer = build.build_trainer(
         cfg, run_dir, [*callbacks, StopOnDivergence(last, cfg.resume), last, *watch], logger
     )

@@ -103,7 +103,7 @@ def visualize(argv: list[str]) -> Path:
     trainer = pl.Trainer(
         default_root_dir=str(out),
         logger=False,
-        callbacks=[*callbacks, *quiet_console()],
+        callbacks=[*callbacks, *quiet_console(progress=cfg.trainer.progress)],
         accelerator=cfg.trainer.accelerator,
         devices=1,
         enable_checkpointing=False,
