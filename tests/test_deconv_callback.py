@@ -17,7 +17,7 @@ from zflight.analysis.images import (
     resize,
     to_uint8,
 )
-from zflight.analysis.topk import crop, image_keys, unit_boxes
+from zflight.analysis.topk import crop, unit_boxes
 from zflight.callbacks.deconv import DeconvTopK, FeatureEvolution, channel_count, seeded_channels
 from zflight.callbacks.results import Figure, Probe
 from zflight.models import zfnet
@@ -51,14 +51,22 @@ def setup():
     return model, images, probe
 
 
-def _stream(cb, model, images, batch: int = 16, labels=None) -> None:
-    """What the base does during a scheduled validation epoch."""
+def _stream(cb, model, images, batch: int = 16, labels=None, indexed: bool = False) -> None:
+    """What the base does during a scheduled validation epoch (``indexed``: with the validation
+    loader's batch indices, as a trainer's sampler gives them)."""
     cb.reset_stream()
+    starts = range(0, len(images), batch)
+    cb._batch_indices = (
+        [list(range(i, min(i + batch, len(images)))) for i in starts] if indexed else None
+    )
     handles = [m.register_forward_hook(fn) for m, fn in cb.stream_hooks(model)]
     labels = torch.zeros(0) if labels is None else labels
     with torch.inference_mode():
         for i in range(0, len(images), batch):
-            cb.current_batch = (images[i : i + batch], labels[i : i + batch])
+            cb.current_batch, cb._batch_idx = (
+                (images[i : i + batch], labels[i : i + batch]),
+                i // batch,
+            )
             model(images[i : i + batch])
     for h in handles:
         h.remove()
@@ -170,7 +178,7 @@ def test_table_lists_each_positive_winner_with_its_class(setup):
     model, images, probe = setup
     probe = Probe(probe.images, probe.labels, None, MEAN, STD, ["a", "b", "c", "d"])
     cb = DeconvTopK(layers=["conv2"], features_per_layer=2, k=3, strict=True)
-    _stream(cb, model, images, labels=torch.arange(40) % 4)
+    _stream(cb, model, images, labels=torch.arange(40) % 4, indexed=True)
     with torch.no_grad():
         result = cb.analyze(model, probe, FakeContext())
     table = result.tables["conv2/top3"]
@@ -184,11 +192,10 @@ def test_table_lists_each_positive_winner_with_its_class(setup):
         "projection",
     ]
     best, _, _ = _one_shot(model, images, "conv2")
-    keys = {f"{int(k) & (2**64 - 1):016x}": i for i, k in enumerate(image_keys(images))}
     channels = sorted({row[0] for row in table.rows})
     assert len(channels) == 2 and len(table.rows) == 6  # every winner of a random net is positive
-    for channel, rank, value, key, name, patch, proj in table.rows:
-        i = keys[key]
+    for channel, rank, value, i, name, patch, proj in table.rows:  # i: the validation index
+        assert isinstance(i, int) and 0 <= i < len(images)
         assert name == "abcd"[i % 4]  # the class of the very image that won
         assert value == pytest.approx(float(best[channel, i]), rel=1e-5)
         assert value == pytest.approx(float(best[channel].topk(3).values[rank - 1]), rel=1e-5)
@@ -281,3 +288,29 @@ def test_evolution_appends_a_column_per_epoch_and_survives_resume(setup):
     assert torch.equal(restored.strips["conv1"][0], cb.strips["conv1"][0])
     assert later.image.shape[0] == strip.shape[0] and "up to epoch 5" in later.caption
     assert not np.array_equal(later.image, strip)
+
+
+def test_table_image_is_minus_one_without_a_loader_to_say_the_index(setup):
+    model, images, probe = setup
+    cb = DeconvTopK(layers=["conv2"], features_per_layer=1, k=2, strict=True)
+    _stream(cb, model, images, labels=torch.arange(40) % 4)
+    with torch.no_grad():
+        table = cb.analyze(model, probe, FakeContext()).tables["conv2/top2"]
+    assert [row[3] for row in table.rows] == [-1, -1]
+
+
+def test_validation_indices_come_from_the_loaders_sampler():
+    from types import SimpleNamespace
+
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from zflight.callbacks.mining import validation_batch_indices
+
+    data = list(range(10))
+    plain = SimpleNamespace(val_dataloaders=DataLoader(data, batch_size=4))
+    assert validation_batch_indices(plain) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    # under DDP, Lightning gives each rank a distributed sampler: rank 1 of 2 sees the odd ones
+    sampler = DistributedSampler(data, num_replicas=2, rank=1, shuffle=False)
+    ddp = SimpleNamespace(val_dataloaders=DataLoader(data, batch_size=2, sampler=sampler))
+    assert validation_batch_indices(ddp) == [[1, 3], [5, 7], [9]]
+    assert validation_batch_indices(SimpleNamespace()) is None

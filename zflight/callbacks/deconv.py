@@ -44,7 +44,7 @@ class DeconvTopK(MiningCallback):
     "silent" (the feature never fires) or "inactive" (fewer than k images excite it).
     Scalar ``deconv/<layer>/silent_fraction``: share of the layer's features never positive on
     the validation set. Table ``deconv/<layer>/top<k>`` (a W&B Table, to sort and filter): one
-    row per positive winner: feature, rank, activation, image (a key stable across epochs), the
+    row per positive winner: feature, rank, activation, image (its validation index), the
     image's class, patch and projection.
 
     Args:
@@ -117,7 +117,7 @@ class DeconvTopK(MiningCallback):
     def analyze(self, model: nn.Module, probe: Probe, ctx: AnalysisContext) -> VizResult | None:
         tops = self.mined(model, probe, ctx)
         self._ranking = {layer: top.values[:, 0].cpu() for layer, top in tops.items()}
-        labels = {layer: self.winner_labels(top, ctx) for layer, top in tops.items()}
+        found = {layer: self.winner_info(top, ctx) for layer, top in tops.items()}
         if ctx.rank != 0:
             return None
         result = VizResult()
@@ -125,7 +125,7 @@ class DeconvTopK(MiningCallback):
             proj, patches = self.crops(model, layer, top, probe)
             result.figures[layer] = self._figure(layer, top, proj, patches, ctx.epoch)
             result.tables[f"{layer}/top{self.k}"] = self._table(
-                top, labels[layer], proj, patches, probe.class_names
+                top, *found[layer], proj, patches, probe.class_names
             )
             result.scalars[f"{layer}/silent_fraction"] = float(
                 (top.values[:, 0] <= 0).float().mean()
@@ -136,13 +136,14 @@ class DeconvTopK(MiningCallback):
         self,
         top: TopK,
         labels: torch.Tensor,
+        indices: torch.Tensor,
         proj: list[list[np.ndarray]],
         patches: list[list[np.ndarray]],
         names: list[str],
     ) -> Table:
         """One row per positive winner of each drawn feature, to sort and filter in W&B: the
-        feature, its rank, the activation, the image (its key, stable across epochs), the image's
-        class, the patch and the projection."""
+        feature, its rank, the activation, the image (its index in the validation set; -1 where
+        the loader does not say), the image's class, the patch and the projection."""
         rows = []
         values = top.values[top.channels].tolist()
         for f, channel in enumerate(top.channels.tolist()):
@@ -151,8 +152,8 @@ class DeconvTopK(MiningCallback):
                     break
                 y = int(labels[f, r])
                 name = names[y] if 0 <= y < len(names) else (str(y) if y >= 0 else "?")
-                key = f"{int(top.keys[channel, r]) & (2**64 - 1):016x}"
-                rows.append([channel, r + 1, value, key, name, patches[f][r], proj[f][r]])
+                index = int(indices[f, r])
+                rows.append([channel, r + 1, value, index, name, patches[f][r], proj[f][r]])
         columns = ["feature", "rank", "activation", "image", "class", "patch", "projection"]
         return Table(columns, rows)
 
