@@ -82,6 +82,7 @@ def build_module(cfg: DictConfig, model: torch.nn.Module, num_classes: int) -> C
         o.pct_start,
         channels_last,
         cfg.trainer.compile,
+        warmup_steps=o.warmup_steps,
     )
 
 
