@@ -191,6 +191,31 @@ def test_invariance_scalars_are_the_areas_of_the_curves(model):
     assert result.scalars == pytest.approx(expected, rel=1e-5)
     assert result.scalars["translate/conv1_auc"] > 0.1
     assert result.figures["examples"].image.shape[1] > 5 * 64  # 5 values per row
+    # the examples depend on the probe set alone: logged once, not again every epoch
+    assert set(run(cb, model, probe).figures) == {"curves"}
+
+
+def test_invariance_legends_stand_beside_the_plots_and_name_each_image(model):
+    from matplotlib.transforms import Bbox
+
+    from zflight.callbacks.invariance import curves_figure
+
+    probe = make_probe()
+    layers = {"conv1": model.features.conv1, "fc7": model.classifier.fc7}
+    kinds = {"translate": [-0.2, 0.0, 0.2], "rotate": [0.0, 90.0]}
+    curves = invariance_curves(model, probe.images[:2], probe.labels[:2], layers, kinds)
+    fig = curves_figure(curves, ["#0 square", "#1 square"])
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert len(legends) == 2
+    texts = [t.get_text() for t in legends[1].get_texts()]
+    assert texts == ["#0 square", "#1 square"]
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        for ax in fig.axes:
+            assert not Bbox.intersection(box, ax.get_window_extent(renderer)), "a legend on a plot"
+        assert box.x1 <= fig.bbox.x1, "a legend cut off at the right edge"
 
 
 def test_invariance_plot_has_a_panel_per_layer_and_transform(model):
@@ -202,9 +227,8 @@ def test_invariance_plot_has_a_panel_per_layer_and_transform(model):
     one = plot_curves(curves, CLASSES, dpi=50)
     two = plot_curves(curves * 2, CLASSES, dpi=50)
     assert_picture(one)
-    assert two.shape[0] == one.shape[0] and two.shape[1] == pytest.approx(
-        2 * one.shape[1], rel=0.05
-    )
+    # a column of 3.4 inches per transformation, beside one legend column
+    assert two.shape[0] == one.shape[0] and two.shape[1] - one.shape[1] == 3.4 * 50
 
 
 def test_invariance_needs_a_transform():
