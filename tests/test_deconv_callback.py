@@ -164,7 +164,7 @@ def test_analyze_draws_one_figure_per_layer_and_counts_silent_features(setup):
     with torch.no_grad():
         _stream(every, model, images)
         drawn = every.analyze(model, probe, FakeContext()).figures["conv1"]
-    assert drawn.caption.endswith("; 2 silent.")
+    assert "; 2 silent. In the first layer a projection is the feature's filter" in drawn.caption
     # each silent feature is one hatched block over its two 2x2 grids (k=3): 8 tile areas, about
     # 7/8 of them background gray; 6 separate hatched tiles would cover less than 6 tile areas
     hatched = (drawn.image == SILENT_GRAY).all(-1).sum()
@@ -172,6 +172,9 @@ def test_analyze_draws_one_figure_per_layer_and_counts_silent_features(setup):
     assert hatched > 2 * 8 * area * 0.8
     assert "2 silent" not in fig.caption  # the drawn features were chosen at random
     assert fig.caption.startswith("conv1: top 9 activations of 4 features")
+    # only the first layer's projection is its filter; the others say nothing of the kind
+    assert "filter itself" in fig.caption
+    assert all("filter" not in result.figures[layer].caption for layer in LAYERS[1:])
 
 
 def test_table_lists_each_positive_winner_with_its_class(setup):

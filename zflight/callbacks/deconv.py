@@ -121,9 +121,12 @@ class DeconvTopK(MiningCallback):
         if ctx.rank != 0:
             return None
         result = VizResult()
+        first = first_conv_name(trunk_of(model))
         for layer, top in tops.items():
             proj, patches = self.crops(model, layer, top, probe)
-            result.figures[layer] = self._figure(layer, top, proj, patches, ctx.epoch)
+            result.figures[layer] = self._figure(
+                layer, top, proj, patches, ctx.epoch, layer == first
+            )
             result.tables[f"{layer}/top{self.k}"] = self._table(
                 top, *found[layer], proj, patches, probe.class_names
             )
@@ -164,8 +167,11 @@ class DeconvTopK(MiningCallback):
         proj: list[list[np.ndarray]],
         patches: list[list[np.ndarray]],
         epoch: int,
+        first_layer: bool = False,
     ) -> Figure:
-        """One cell per feature (projections | patches), a title bar and a caption."""
+        """One cell per feature (projections | patches), a title bar and a caption. The first
+        layer's caption says why its projections repeat: one activation of the first conv layer
+        projects to its filter, whatever the image."""
         best = top.values[top.channels, 0].tolist()
         cells = []
         for channel, p, q, value in zip(top.channels.tolist(), proj, patches, best):
@@ -187,11 +193,23 @@ class DeconvTopK(MiningCallback):
             "patches under their receptive field. Hatched 'silent': the feature never fires; "
             f"'inactive': fewer than {self.k} images excite it."
         )
+        if first_layer:
+            note += (
+                f" {layer} is the first layer: the projection of one of its activations is its "
+                "filter itself, so a feature's projections are the same picture; the patches say "
+                "what excites it."
+            )
         text = (
             f"{layer}: top {self.k} activations of {len(best)} features over the validation set, "
             f"deconvnet projection beside image patch, epoch {epoch}"
             + (f"; {silent} silent" if silent else "")
             + "."
+            + (
+                f" In the first layer a projection is the feature's filter itself (the same "
+                f"picture for all {self.k}); the patches differ."
+                if first_layer
+                else ""
+            )
         )
         body = grid(cells, self.ncols, pad=10)
         return Figure(title_bar(body, title, note), text)
@@ -204,3 +222,11 @@ class DeconvTopK(MiningCallback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self._ranking = dict(state_dict.get("ranking", {}))
+
+
+def first_conv_name(trunk: nn.Module) -> str | None:
+    """The name of the first ``Conv2d`` in the trunk (``conv1`` in ZFNet), or None."""
+    for name, module in trunk.named_children():
+        if isinstance(module, nn.Conv2d):
+            return name
+    return None
