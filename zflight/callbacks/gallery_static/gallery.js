@@ -118,7 +118,7 @@
     const link = el("a", { class: "frame", title: "open at full size" }, img);
     // the card keeps one size for every epoch: the frame box has the largest picture's shape, and
     // every distinct caption sits, unseen, in the caption's cell so it takes the tallest one's height
-    const shown = frames.map((f) => (f[2] < 320 ? 2 : 1));  // small pictures at twice their size
+    const shown = frames.map((f) => (f[2] < 320 && f[3] < 320 ? 2 : 1));  // small ones at twice their size
     const boxW = Math.max(...frames.map((f, k) => f[2] * shown[k]));
     const boxH = Math.max(...frames.map((f, k) => f[3] * shown[k]));
     link.style.maxWidth = boxW + "px";
