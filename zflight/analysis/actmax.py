@@ -160,9 +160,7 @@ def activation_maximization(
     if spatial not in SPATIAL:
         raise ValueError(f"spatial must be one of {', '.join(SPATIAL)}; got {spatial!r}")
     if transforms not in TRANSFORMS:
-        raise ValueError(
-            f"transforms must be one of {', '.join(TRANSFORMS)}; got {transforms!r}"
-        )
+        raise ValueError(f"transforms must be one of {', '.join(TRANSFORMS)}; got {transforms!r}")
     device = next(model.parameters()).device
     h, w = size
     n = len(targets)
