@@ -18,8 +18,9 @@ from zflight.analysis.images import (
     to_uint8,
 )
 from zflight.analysis.topk import crop, unit_boxes
+from zflight.callbacks.base import VisualizationCallback
 from zflight.callbacks.deconv import DeconvTopK, FeatureEvolution, channel_count, seeded_channels
-from zflight.callbacks.results import Figure, Probe
+from zflight.callbacks.results import Figure, Probe, VizResult
 from zflight.models import zfnet
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.3, 0.3, 0.3)
@@ -317,3 +318,29 @@ def test_validation_indices_come_from_the_loaders_sampler():
     ddp = SimpleNamespace(val_dataloaders=DataLoader(data, batch_size=2, sampler=sampler))
     assert validation_batch_indices(ddp) == [[1, 3], [5, 7], [9]]
     assert validation_batch_indices(SimpleNamespace()) is None
+
+
+class Forwarding(VisualizationCallback):
+    """Runs the model on a few probe images, as actmax or a custom analysis does."""
+
+    name = "forwarding"
+
+    def analyze(self, model, probe, ctx):
+        model(probe.images[:3])
+        return VizResult()
+
+
+def test_mining_ignores_another_callbacks_forwards_after_the_last_batch(tiny):
+    from zflight.train import train
+
+    train(
+        tiny(
+            "trainer.max_epochs=1",
+            "callbacks.fwd._target_=tests.test_deconv_callback.Forwarding",
+            "callbacks.fwd.strict=true",
+            "callbacks.deconv._target_=zflight.callbacks.deconv.DeconvTopK",
+            "callbacks.deconv.layers=[conv1]",
+            "callbacks.deconv.features_per_layer=2",
+            "callbacks.deconv.strict=true",
+        )
+    )
