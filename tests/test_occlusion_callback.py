@@ -190,4 +190,4 @@ def test_p_true_caption_names_the_patch_and_says_when_it_changes_nothing():
     assert occluded_caption("square", varied) == "p(square) if the patch is here"
     flat = torch.full((4, 4), 0.998)
     flat[0, 0] = 0.995
-    assert occluded_caption("circle", flat) == "p(circle) 99.5% everywhere: no effect"
+    assert occluded_caption("circle", flat) == "p(circle): no effect"

@@ -230,10 +230,10 @@ class Occlusion(VisualizationCallback):
 def occluded_caption(true: str, prob: torch.Tensor, flat: float = 0.01) -> str:
     """The p(true) tile's caption. When the map varies by less than ``flat`` the patch changes
     nothing anywhere (too small for the object): the caption says so, since the colour then only
-    tints the picture."""
+    tints the picture (the image's own tile gives p(true), unchanged)."""
     lo, hi = float(prob.min()), float(prob.max())
     if hi - lo < flat:
-        return f"p({true}) {fmt_percent(lo)} everywhere: no effect"
+        return f"p({true}): no effect"  # short: a tile is 128 px wide
     return f"p({true}) if the patch is here"
 
 
