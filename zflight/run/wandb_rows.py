@@ -18,7 +18,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
 STEP = "trainer/global_step"
@@ -105,7 +105,24 @@ class EpochRowWandbLogger(WandbLogger):
             row = merge_epoch(values)
             if STEP in values:  # the x axis of the line charts: the epoch's validation step
                 row[STEP] = max(values[STEP])
+            self._log_row(epoch, row)
+
+    def _log_row(self, epoch: int, row: dict[str, Any]) -> None:
+        """Write one row; a failure to log never ends a run: the row goes again with its plain
+        numbers only, and a warning names what was lost."""
+        try:
             self.experiment.log(row)
+        except Exception as exc:
+            numbers = {k: v for k, v in row.items() if isinstance(v, (int, float, str))}
+            lost = sorted(set(row) - set(numbers))
+            rank_zero_warn(
+                f"could not log epoch {epoch} to W&B ({exc!r}); logging its numbers without "
+                f"{', '.join(lost) or 'anything else'}"
+            )
+            try:
+                self.experiment.log(numbers)
+            except Exception as again:
+                rank_zero_warn(f"could not log epoch {epoch} to W&B at all: {again!r}")
 
     @override
     @rank_zero_only
