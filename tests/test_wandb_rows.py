@@ -118,3 +118,10 @@ def test_a_row_that_cannot_be_logged_keeps_its_numbers_and_the_run_goes_on():
     with pytest.warns(UserWarning, match="could not log epoch 0 to W&B .* without deconv/conv1"):
         logger.commit_rows()
     assert run.rows == [{"val/acc1": 0.5, "epoch": 0, "trainer/global_step": 9}]
+
+
+def test_the_logger_pickles_for_spawned_processes():
+    import pickle
+
+    logger = EpochRowWandbLogger(project="p")
+    assert pickle.loads(pickle.dumps(logger.__dict__["_ready"]))() in (True, False)

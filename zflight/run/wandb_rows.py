@@ -46,6 +46,14 @@ def point_wandb_into(run_dir: Path) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
 
 
+def writer_idle() -> bool:
+    """Whether the background writer has logged everything handed to it (a module function, not
+    a lambda, so that the logger pickles for spawned processes)."""
+    from zflight.callbacks.sinks import WRITER
+
+    return not WRITER.pending()
+
+
 def merge_epoch(values: dict[str, list[Any]]) -> dict[str, Any]:
     """One row from the values each key received during an epoch: numbers under ``train/`` are
     averaged, everything else (pictures, tables, validation metrics, the step) keeps its last."""
@@ -68,13 +76,14 @@ class EpochRowWandbLogger(WandbLogger):
     later epoch has begun; ``commit_rows()`` writes every row, and runs when the logger finalizes.
 
     Args:
-        ready: whether every output of past epochs has been logged (default: always).
+        ready: whether every output of past epochs has been logged (default: the background
+            writer is idle, ``writer_idle``).
         **kwargs: ``WandbLogger``'s arguments.
     """
 
     def __init__(self, *args: Any, ready: Callable[[], bool] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._ready = ready or (lambda: True)
+        self._ready = ready or writer_idle
         self._rows: dict[int, dict[str, list[Any]]] = {}
         self._latest = -1
 
