@@ -93,7 +93,7 @@ class EpochRowWandbLogger(WandbLogger):
         epoch = metrics.get("epoch", max(self._latest, 0))
         epoch = int(epoch) if isinstance(epoch, (int, float)) else max(self._latest, 0)
         if epoch < self._latest and epoch not in self._rows:  # its row is written: a row of its own
-            self.experiment.log(dict(metrics, **({STEP: step} if step is not None else {})))
+            self._log_row(epoch, dict(metrics, **({STEP: step} if step is not None else {})))
             return
         self._latest = max(self._latest, epoch)
         row = self._rows.setdefault(epoch, {})
