@@ -34,9 +34,8 @@ from zflight.analysis.images import (
 )
 from zflight.callbacks.attribution_checks import AttributionCallback, score_text
 from zflight.callbacks.base import AnalysisContext
-from zflight.callbacks.heatmaps import _joined
 from zflight.callbacks.results import Figure, Probe, VizResult
-from zflight.callbacks.scoring import ScoreProbes
+from zflight.callbacks.scoring import ScoreProbes, joined
 
 INSTALL = "pip install 'zflight[captum]'"
 REDUCTIONS = ("sum", "abs_sum", "max_abs")
@@ -217,7 +216,7 @@ class CaptumAttribution(AttributionCallback):
     @override
     def analyze(self, model: nn.Module, probe: Probe, ctx: AnalysisContext) -> VizResult:
         scored = self._scores.get(getattr(ctx, "trainer", None), probe)
-        both = probe if scored is probe else _joined(probe, scored)
+        both = probe if scored is probe else joined(probe, scored)
         maps = self.attribute(model, both.images, both.labels, ctx)
         part = slice(0, len(both.labels)) if scored is probe else slice(len(probe.labels), None)
         score_maps = {"": maps[part]}

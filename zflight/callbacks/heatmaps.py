@@ -21,7 +21,7 @@ from zflight.analysis.images import (
 from zflight.callbacks.attribution_checks import AttributionCallback, score_text
 from zflight.callbacks.base import AnalysisContext
 from zflight.callbacks.results import Figure, Probe, VizResult
-from zflight.callbacks.scoring import ScoreProbes
+from zflight.callbacks.scoring import ScoreProbes, joined
 
 _RIGHT, _WRONG, _WHITE = (40, 160, 40), (200, 40, 40), (255, 255, 255)
 
@@ -82,7 +82,7 @@ class HeatMaps(AttributionCallback):
     @override
     def analyze(self, model: nn.Module, probe: Probe, ctx: AnalysisContext) -> VizResult:
         scored = self._scores.get(getattr(ctx, "trainer", None), probe)
-        both = probe if scored is probe else _joined(probe, scored)
+        both = probe if scored is probe else joined(probe, scored)
         x, labels = both.images, both.labels
         target = rectified_layer(model, self.layer)
         with ctx.autocast():
@@ -214,20 +214,6 @@ def misclassified_rows(wrong: torch.Tensor, num_rows: int) -> list[int]:
     """Rows of the ``misclassified`` figure: the misclassified images (probes, then the score
     set, in order); at most ``num_rows``."""
     return [i for i, w in enumerate(wrong.tolist()) if w][:num_rows]
-
-
-def _joined(a: Probe, b: Probe) -> Probe:
-    """One probe of ``a``'s images followed by ``b``'s (the same normalisation and classes)."""
-    masks = None if a.masks is None or b.masks is None else torch.cat([a.masks, b.masks])
-    return Probe(
-        torch.cat([a.images, b.images]),
-        torch.cat([a.labels, b.labels]),
-        masks,
-        a.mean,
-        a.std,
-        a.class_names,
-        a.indices + b.indices,
-    )
 
 
 def _same_tile(size: tuple[int, int]) -> np.ndarray:
