@@ -72,7 +72,7 @@ def train(overrides: list[str] | None = None) -> dict[str, Any]:
     watch = [
         RunRecord(),
         ledger,
-        *quiet_console(logger),
+        *quiet_console(logger, cfg.trainer.progress),
     ]  # gallery numbers; costs; progress, summary
     trainer = build.build_trainer(
         cfg, run_dir, [*callbacks, StopOnDivergence(last, cfg.resume), last, *watch], logger
@@ -109,8 +109,13 @@ def _finish(logger: Any) -> None:
     """Flush and close a W&B run so everything is on disk when training returns."""
     from lightning.pytorch.loggers import WandbLogger
 
+    from zflight.callbacks.sinks import WRITER
+
     if isinstance(logger, WandbLogger):
         try:
+            if hasattr(logger, "commit_rows"):  # the last epoch's row, also when a run stops early
+                WRITER.flush(raise_errors=False)
+                logger.commit_rows()
             logger.experiment.finish()
             import wandb
 

@@ -75,6 +75,7 @@ def visualize(argv: list[str]) -> Path:
 
     from zflight.callbacks.base import VisualizationCallback
     from zflight.callbacks.ledger import CostLedger
+    from zflight.callbacks.run_record import RunRecord
     from zflight.run import build
     from zflight.run.checkpoints import check_matches, finished_epoch, read_checkpoint
     from zflight.run.console import quiet_console, write_line
@@ -104,7 +105,13 @@ def visualize(argv: list[str]) -> Path:
     trainer = pl.Trainer(
         default_root_dir=str(out),
         logger=False,
-        callbacks=[*callbacks, CostLedger(write_line), *quiet_console()],
+        # RunRecord: the gallery's header shows the checkpoint's validation accuracy
+        callbacks=[
+            *callbacks,
+            RunRecord(),
+            CostLedger(write_line),
+            *quiet_console(progress=cfg.trainer.progress),
+        ],
         accelerator=cfg.trainer.accelerator,
         devices=1,
         enable_checkpointing=False,

@@ -18,27 +18,32 @@ from zflight.analysis.images import (
     title_bar,
     with_colorbar,
 )
-from zflight.analysis.localization import mass_in_mask, pointing_game
 from zflight.analysis.shards import index, sharded
-from zflight.callbacks.base import AnalysisContext, VisualizationCallback
+from zflight.callbacks.attribution_checks import AttributionCallback, score_text
+from zflight.callbacks.base import AnalysisContext
 from zflight.callbacks.results import Figure, Probe, VizResult
-from zflight.callbacks.scoring import ScoreProbes
+from zflight.callbacks.scoring import ScoreProbes, joined
 
 _RIGHT, _WRONG, _WHITE = (40, 160, 40), (200, 40, 40), (255, 255, 255)
 
 
-class HeatMaps(VisualizationCallback):
+class HeatMaps(AttributionCallback):
     """Grad-CAM for the true and the predicted class, and input-gradient saliency.
 
     Figure ``maps``: one row per image: the image (green frame if predicted right, red if
     wrong), Grad-CAM of the true class, Grad-CAM of the predicted class where it differs from the
     true one, saliency of the true class; each map on its own scale from 0 to its maximum (one
-    colour bar). Misclassified images come first (from the probes, then from the score set),
-    then the probes predicted right. With object masks, scalars ``pointing_game`` and
+    colour bar). The rows are the probes, in the same order every epoch, so an image can be
+    followed; figure ``misclassified`` (in epochs with any) shows the misclassified images of the
+    probes and the score set alike. With object masks, scalars ``pointing_game`` and
     ``mass_in_mask`` score the true-class Grad-CAM over ``score_probes`` validation images drawn
     separately from the probes, exactly as the occlusion callback scores its maps
     (``saliency_pointing_game`` and ``saliency_mass_in_mask`` the saliency map), so both methods
-    share a chart.
+    share a chart; each beside the same score of the image centre and of a uniform random map
+    (``..._baseline_centre``, ``..._baseline_random``) and its margin over the better one.
+    Figures ``faithfulness`` (deletion and insertion curves against a random order, with the
+    AUCs as scalars) and ``sanity`` (the maps as the layers are randomised from the top) come
+    from ``AttributionCallback``.
 
     Args:
         layer: the conv layer Grad-CAM reads (``conv5`` by default). When the module after it in
@@ -48,13 +53,15 @@ class HeatMaps(VisualizationCallback):
         tile: pictures are enlarged to at least this many pixels a side.
         score_probes: validation images the scores are computed on (a seeded set of their own;
             0 scores the probes).
-        **kwargs: schedule and probe options of ``VisualizationCallback``.
+        **kwargs: the checks' options of ``AttributionCallback`` (faithfulness, sanity) and the
+            schedule and probe options of ``VisualizationCallback``.
 
     Example:
         >>> HeatMaps(layer="conv4", every_n_epochs=2)
     """
 
     name = "heatmaps"
+    methods = {"": "Grad-CAM", "saliency_": "saliency"}
 
     def __init__(
         self,
@@ -85,11 +92,11 @@ class HeatMaps(VisualizationCallback):
     @override
     def analyze(self, model: nn.Module, probe: Probe, ctx: AnalysisContext) -> VizResult | None:
         scored = self._scores.get(getattr(ctx, "trainer", None), probe)
-        both = probe if scored is probe else _joined(probe, scored)
+        both = probe if scored is probe else joined(probe, scored)
         x, labels = both.images, both.labels
         target = rectified_layer(model, self.layer)
 
-        def maps(rows: list[int]) -> tuple[torch.Tensor, ...]:
+        def attributed(rows: list[int]) -> tuple[torch.Tensor, ...]:
             xs, ys = index(x, rows), index(labels, rows)
             with ctx.autocast():
                 with torch.no_grad():
@@ -97,23 +104,56 @@ class HeatMaps(VisualizationCallback):
                 cam = gradcam(model, xs, target, torch.stack([ys, p.argmax(1)], 1))
                 return p, cam.float(), saliency(model, xs, ys).float()
 
-        # images split across ranks (each rank its share), gathered for rank 0 to draw
-        probs, cams, sal = sharded(maps, len(x), ctx.rank, ctx.world_size, ctx.all_gather)
+        # images split across ranks (each rank its share), gathered on every rank
+        probs, cams, sal = sharded(attributed, len(x), ctx.rank, ctx.world_size, ctx.all_gather)
         preds = probs.argmax(1)
-        if ctx.rank != 0:
-            return None
+        part = slice(0, len(x)) if scored is probe else slice(len(probe.labels), len(x))
+        maps = {"": cams[part, 0], "saliency_": sal[part]}
         scalars: dict[str, float] = {}
+        figures: dict[str, Figure] = {}
         if scored.masks is not None:
-            part = slice(0, len(x)) if scored is probe else slice(len(probe.labels), len(x))
-            masks = scored.masks.bool()
-            for prefix, maps in (("", cams[part, 0]), ("saliency_", sal[part])):
-                scalars[f"{prefix}pointing_game"] = pointing_game(maps, masks).float().mean().item()
-                scalars[f"{prefix}mass_in_mask"] = mass_in_mask(maps, masks).mean().item()
-        rows = row_order(preds != labels, len(probe.labels), self.num_rows)
-        figure = self._figure(
-            both, rows, probs, cams, sal, 0 if scored is probe else len(scored.labels), ctx.epoch
-        )
-        return VizResult(figures={"maps": figure}, scalars=scalars)
+            scalars.update(self.localisation(maps, scored.masks))
+        if self.due(self.faithfulness_every_n_epochs, ctx):
+            fills = self.fills(scored)
+            values, fig = self.faithfulness(model, scored.images, scored.labels, fills, maps, ctx)
+            scalars.update(values)
+            if fig is not None:
+                figures["faithfulness"] = fig
+        if self.due(self.sanity_every_n_epochs, ctx):
+            few = slice(0, min(self.sanity_probes, len(probe.labels)))
+            values, fig, _ = self.sanity(
+                model,
+                self._attribute(probe.images[few], probe.labels[few], ctx),
+                probe.display()[few],
+                ctx,
+            )
+            scalars.update(values)
+            if fig is not None:
+                figures["sanity"] = fig
+        if ctx.rank != 0:  # rank 0 draws
+            return None
+        num_scored = 0 if scored is probe else len(scored.labels)
+        rows = list(range(min(len(probe.labels), self.num_rows)))
+        figures["maps"] = self._figure(both, rows, probs, cams, sal, num_scored, ctx.epoch)
+        scores = " ".join(score_text(scalars, p, n) for p, n in self.methods.items())
+        if scores:
+            figures["maps"].caption += " " + scores
+        wrong = misclassified_rows(preds != labels, self.num_rows)
+        if wrong:
+            figures["misclassified"] = self._figure(
+                both, wrong, probs, cams, sal, num_scored, ctx.epoch, "misclassified"
+            )
+        return VizResult(figures=figures, scalars=scalars)
+
+    def _attribute(self, images: torch.Tensor, labels: torch.Tensor, ctx: AnalysisContext):
+        """Every method's maps of ``images`` on a given network (the sanity check's copies)."""
+
+        def attribute(net: nn.Module) -> dict[str, torch.Tensor]:
+            with ctx.autocast():
+                cam = gradcam(net, images, rectified_layer(net, self.layer), labels)
+                return {"": cam, "saliency_": saliency(net, images, labels)}
+
+        return attribute
 
     def _figure(
         self,
@@ -124,6 +164,7 @@ class HeatMaps(VisualizationCallback):
         sal: torch.Tensor,
         num_scored: int,  # 0: the probes themselves
         epoch: int,
+        which: str = "probe",
     ) -> Figure:
         names = probe.class_names
         pictures = probe.display()
@@ -154,16 +195,30 @@ class HeatMaps(VisualizationCallback):
         body = grid(cells, ncols=4, pad=3)
         body = with_colorbar(body, 0.0, 1.0, "jet", "of max")
         wrong = sum(int(probs[i].argmax()) != int(probe.labels[i]) for i in rows)
-        title = f"Grad-CAM ({self.layer}) and saliency, epoch {epoch}: {wrong} of {len(rows)} shown misclassified"
+        title = (
+            f"Grad-CAM ({self.layer}) and saliency, epoch {epoch}: {len(rows)} probe images, "
+            f"{wrong} misclassified"
+            if which == "probe"
+            else f"Grad-CAM ({self.layer}) and saliency, epoch {epoch}: {len(rows)} misclassified"
+        )
+        order = (
+            "The same probe images every epoch."
+            if which == "probe"
+            else "Misclassified probe and score images."
+        )
         note = (
             "Rows: image (green frame right, red wrong; p of the true class), Grad-CAM of the true "
             "class, Grad-CAM of the predicted class where it differs, saliency of the true class. "
-            "Each map is scaled from 0 to its own maximum (colour bar). Misclassified images first."
+            f"Each map is scaled from 0 to its own maximum (colour bar). {order}"
+        )
+        shown = (
+            f"the {len(rows)} probe images ({wrong} misclassified; the same images every epoch)"
+            if which == "probe"
+            else f"{len(rows)} misclassified validation images"
         )
         text = (
-            f"Grad-CAM at {self.layer} and input-gradient saliency for {len(rows)} validation "
-            f"images ({wrong} misclassified, shown first), epoch {epoch}; each map scaled to its "
-            "maximum. "
+            f"Grad-CAM at {self.layer} and input-gradient saliency for {shown}, epoch {epoch}; "
+            "each map scaled to its maximum. "
             + (
                 f"Scores use {num_scored} other validation images."
                 if num_scored
@@ -173,27 +228,10 @@ class HeatMaps(VisualizationCallback):
         return Figure(title_bar(body, title, note), text)
 
 
-def row_order(wrong: torch.Tensor, num_probes: int, num_rows: int) -> list[int]:
-    """Rows of the figure: misclassified images first (probes, then the score set, in order),
-    then the probes predicted right; at most ``num_rows``."""
-    wrong = wrong.tolist()
-    first = [i for i, w in enumerate(wrong) if w]
-    rest = [i for i in range(num_probes) if not wrong[i]]
-    return (first + rest)[:num_rows]
-
-
-def _joined(a: Probe, b: Probe) -> Probe:
-    """One probe of ``a``'s images followed by ``b``'s (the same normalisation and classes)."""
-    masks = None if a.masks is None or b.masks is None else torch.cat([a.masks, b.masks])
-    return Probe(
-        torch.cat([a.images, b.images]),
-        torch.cat([a.labels, b.labels]),
-        masks,
-        a.mean,
-        a.std,
-        a.class_names,
-        a.indices + b.indices,
-    )
+def misclassified_rows(wrong: torch.Tensor, num_rows: int) -> list[int]:
+    """Rows of the ``misclassified`` figure: the misclassified images (probes, then the score
+    set, in order); at most ``num_rows``."""
+    return [i for i, w in enumerate(wrong.tolist()) if w][:num_rows]
 
 
 def _same_tile(size: tuple[int, int]) -> np.ndarray:

@@ -14,7 +14,8 @@ import warnings
 from typing import Any, TextIO
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelSummary
+from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
+from typing_extensions import override
 
 # Warnings that say nothing about this run: Lightning calling a deprecated torch API.
 IGNORED_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)",)
@@ -22,13 +23,14 @@ IGNORED_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)",)
 QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric")
 
 
-def quiet_console(logger: Any = None) -> list[pl.Callback]:
+def quiet_console(logger: Any = None, progress: bool = True) -> list[pl.Callback]:
     """Quieten the console; returns the callbacks to hand to the Trainer.
 
     Call before building the Trainer (its notices come from its constructor) and before the W&B
     run starts (``logger``: the run's logger, if any). The callbacks replace Lightning's model
-    summary (whose FLOPs column is 0 for this model) with none; the per-epoch analysis line is the
-    cost ledger's (``zflight.callbacks.ledger.CostLedger``, given ``write_line``).
+    summary (whose FLOPs column is 0 for this model) with none and, with ``progress``, draw the
+    progress bar (``ProgressBar``); the per-epoch analysis line is the cost ledger's
+    (``zflight.callbacks.ledger.CostLedger``, given ``write_line``).
     """
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -36,7 +38,7 @@ def quiet_console(logger: Any = None) -> list[pl.Callback]:
         warnings.filterwarnings("ignore", message=pattern)
     warnings.showwarning = show_warning
     _quiet_wandb(logger)
-    return [ModelSummary(max_depth=0)]
+    return [ModelSummary(max_depth=0), *([ProgressBar()] if progress else [])]
 
 
 def write_line(text: str, file: TextIO | None = None) -> None:
@@ -79,3 +81,26 @@ def _quiet_wandb(logger: Any) -> None:
         and init.get("anonymous", False) is None
     ):
         del init["anonymous"]
+
+
+# The progress bar's names for the metrics it shows: short, so that validation accuracy fits on a
+# 120-column terminal beside the training loss (the loggers keep the full names).
+PROGRESS_NAMES = {
+    "train/loss": "loss",
+    "train/acc": "acc",
+    "val/loss": "val_loss",
+    "val/acc1": "val_acc",
+}
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bar with short metric names and without ``v_num`` (the logger's
+    version, which says nothing here and pushed validation accuracy off a 120-column line)."""
+
+    @override
+    def get_metrics(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> dict[str, int | str | float | dict[str, float]]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return {PROGRESS_NAMES.get(k, k): v for k, v in items.items()}

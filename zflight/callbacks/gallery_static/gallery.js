@@ -5,6 +5,9 @@
   const DATA = JSON.parse(document.getElementById("gallery-data").textContent);
   const SVG = "http://www.w3.org/2000/svg";
   const COLOURS = ["#2f6fde", "#e4572e", "#17a398", "#8e6bbf", "#c9a227"];
+  // ``<score>_baseline_<name>`` scalars are drawn in their score's chart as reference lines
+  const BASELINE = /^(.*)_baseline_([a-z]+)$/;
+  const REFERENCE = { centre: "#c0392b", random: "#7f8c8d" };
   const cards = [];
 
   function el(tag, attrs, ...children) {
@@ -39,7 +42,8 @@
     const W = opts.width || 300, H = opts.height || 140;
     const m = { l: 46, r: 10, t: 8, b: 24 };
     const finite = series.flatMap((s) => s.points.filter((p) => p[1] !== null && isFinite(p[1])));
-    const latest = series.length === 1 && finite.length ? fmt(series[0].points.at(-1)[1]) : "";
+    const main = series.filter((s) => !s.reference);
+    const latest = main.length === 1 && finite.length ? fmt(main[0].points.at(-1)[1]) : "";
     const legend = el("span", { class: "legend" });
     const fig = el("figure", { class: "chart", "data-key": title },
       el("figcaption", {}, el("span", { text: title }), legend, el("b", { text: latest })));
@@ -69,7 +73,16 @@
     });
     svg.append(svgEl("text", { x: W - m.r, y: H - 1, "text-anchor": "end" }, "epoch"));
     series.forEach((s, k) => {
-      const colour = COLOURS[k % COLOURS.length];
+      const colour = s.reference ? REFERENCE[s.reference] || "#888" : COLOURS[k % COLOURS.length];
+      if (s.reference) {  // a baseline: a dashed line without dots
+        const pts = s.points.filter((p) => p[1] !== null && isFinite(p[1]));
+        const d = pts.map((p, i) => `${i ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" ");
+        const line = svgEl("path", { class: "reference", d: d, stroke: colour, "stroke-dasharray": "4 3", fill: "none" });
+        line.append(svgEl("title", {}, `${s.name} baseline, epoch ${pts.length ? pts.at(-1)[0] : ""}: ${pts.length ? fmt(pts.at(-1)[1]) : "–"}`));
+        svg.append(line);
+        legend.append(el("span", { style: `color:${colour}`, text: "┄ " + s.name }));
+        return;
+      }
       let d = "", pen = "M";
       for (const [e, v] of s.points) {
         if (v === null || !isFinite(v)) {
@@ -86,7 +99,7 @@
         svg.append(dot);
       }
       svg.insertBefore(svgEl("path", { class: "series", d: d.trim(), stroke: colour }), svg.querySelector("circle"));
-      if (series.length > 1) legend.append(el("span", { style: `color:${colour}`, text: "● " + s.name }));
+      if (series.length > 1 && !series.some((x) => x.reference)) legend.append(el("span", { style: `color:${colour}`, text: "● " + s.name }));
     });
     return fig;
   }
@@ -116,12 +129,21 @@
     const node = el("section", { class: "card", id: "card-" + key, "data-key": key });
     const img = el("img", { loading: "lazy", decoding: "async", alt: key });
     const link = el("a", { class: "frame", title: "open at full size" }, img);
+    // the card keeps one size for every epoch: the frame box has the largest picture's shape, and
+    // every distinct caption sits, unseen, in the caption's cell so it takes the tallest one's height
+    const shown = frames.map((f) => (f[2] < 320 && f[3] < 320 ? 2 : 1));  // small ones at twice their size
+    const boxW = Math.max(...frames.map((f, k) => f[2] * shown[k]));
+    const boxH = Math.max(...frames.map((f, k) => f[3] * shown[k]));
+    link.style.maxWidth = boxW + "px";
+    link.style.aspectRatio = `${boxW} / ${boxH}`;
     const caption = el("p", { class: "caption" });
+    const sizers = [...new Set(frames.map((f) => f[4] || ""))].map((t) => el("p", { class: "caption sizer", "aria-hidden": "true", text: t }));
+    const captions = el("div", { class: "captions" }, caption, ...sizers);
     const prev = el("button", { type: "button", class: "prev", title: "previous epoch (←)", text: "◀" });
     const next = el("button", { type: "button", class: "next", title: "next epoch (→)", text: "▶" });
     const range = el("input", { type: "range", min: 0, max: frames.length - 1, step: 1, "aria-label": key + " epoch" });
     const label = el("span", { class: "epoch" });
-    node.append(el("h3", { text: key }), link, caption, el("div", { class: "controls", tabindex: 0 }, prev, range, next, label));
+    node.append(el("h3", { text: key }), link, captions, el("div", { class: "controls", tabindex: 0 }, prev, range, next, label));
     const widest = Math.max(...frames.map((f) => f[2]));
     if (widest > 700) node.classList.add("wide");  // would be scaled down in a half-width card
     let index = -1;
@@ -130,10 +152,10 @@
       if (i === index) return;
       index = i;
       const [epoch, path, w, h, text] = frames[i];
-      const scale = w < 320 ? 2 : 1;  // small pictures at twice their size, pixels kept sharp
+      const scale = shown[i];
       img.width = w * scale;
       img.height = h * scale;
-      img.classList.toggle("small", scale > 1);
+      img.classList.toggle("small", scale > 1);  // pixels kept sharp
       img.src = path;
       link.href = path;
       range.value = i;
@@ -165,6 +187,8 @@
     const main = document.getElementById("figures");
     const nav = document.getElementById("nav");
     const groups = new Map();
+    const titles = new Map(DATA.sections || []);
+    for (const [name] of DATA.sections || []) groups.set(name, { figures: [], scalars: [] });
     const group = (key) => key.split("/")[0];
     for (const key of Object.keys(DATA.figures)) {
       if (!groups.has(group(key))) groups.set(group(key), { figures: [], scalars: [] });
@@ -178,13 +202,19 @@
     const epochs = new Set();
     for (const [name, g] of groups) {
       nav.append(el("a", { href: "#" + name, text: name }));
-      main.append(el("h2", { id: name, text: name }));
+      const title = titles.get(name) || name;
+      main.append(el("h2", { id: name }, name, ...(title !== name ? [el("small", { text: " · " + title })] : [])));
       if (g.figures.length) {
         main.append(el("div", { class: "cards" }, ...g.figures.map((k) => card(k, DATA.figures[k]))));
         g.figures.forEach((k) => DATA.figures[k].forEach((f) => epochs.add(f[0])));
       }
       if (g.scalars.length) {
-        const charts = g.scalars.map((k) => chart(k.slice(name.length + 1), [{ name: k, points: DATA.scalars[k] }], {}));
+        const reference = (k) => { const m = BASELINE.exec(k); return m && DATA.scalars[m[1]] ? m : null; };
+        const charts = g.scalars.filter((k) => !reference(k)).map((k) => {
+          const refs = g.scalars.map(reference).filter((m) => m && m[1] === k)
+            .map((m) => ({ name: m[2], reference: m[2], points: DATA.scalars[m[0]] }));
+          return chart(k.slice(name.length + 1), [{ name: k, points: DATA.scalars[k] }, ...refs], {});
+        });
         main.append(el("div", { class: "charts" }, ...charts));
       }
     }
@@ -223,8 +253,27 @@
       key: f.dataset.key,
       points: f.querySelectorAll("circle").length,
       missing: f.querySelectorAll("text.missing").length,
+      references: [...f.querySelectorAll("path.reference")].map((r) => r.getAttribute("d").split("L").length),
       path: (f.querySelector("path.series") || { getAttribute: () => "" }).getAttribute("d"),
     }));
+    out.sections = [...document.querySelectorAll("main h2")].map((h) => h.id);
+    out.viewport = document.documentElement.clientWidth;
+    out.page_width = document.documentElement.scrollWidth;
+    out.layout = cards.map((c) => {
+      const box = c.getBoundingClientRect();
+      const cap = c.querySelector("p.caption").getBoundingClientRect();
+      return { key: c.dataset.key, left: box.left, right: box.right, overflow: c.scrollWidth - c.clientWidth, caption_right: cap.right };
+    });
+    out.sizes = cards.map((c) => {  // the card's size at every epoch
+      const seen = [];
+      const range = c.querySelector("input[type=range]");
+      for (let i = 0; i <= Number(range.max); i++) {
+        range.value = i;
+        range.dispatchEvent(new Event("input"));
+        seen.push([c.offsetWidth, c.offsetHeight]);
+      }
+      return seen;
+    });
     out.images = document.querySelectorAll("img").length;
     out.lazy = document.querySelectorAll("img[loading=lazy]").length;
     out.external = [...document.querySelectorAll("[src],[href]")]
