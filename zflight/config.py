@@ -87,6 +87,7 @@ class TrainerConfig:
     deterministic: bool = False
     progress: bool = True
     keep_freed_memory: bool = True
+    stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
     ddp: DDPConfig = field(default_factory=DDPConfig)
 
 

@@ -176,7 +176,12 @@ def build_trainer(
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     best = ModelCheckpoint(
-        run_dir / "checkpoints", filename="best", monitor="val/acc1", mode="max", save_top_k=1
+        run_dir / "checkpoints",
+        filename="best",
+        monitor="val/acc1",
+        mode="max",
+        save_top_k=1,
+        enable_version_counter=False,  # a resumed run replaces best.ckpt, never adds best-v1.ckpt
     )
     extra = [LearningRateMonitor("step")] if logger else []
     return pl.Trainer(

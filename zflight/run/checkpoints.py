@@ -2,9 +2,11 @@
 
 * ``atomic_save``: write to a temporary file in the same directory, fsync, then ``os.replace``: a
   kill or a full disk at any moment leaves the previous file whole (Lightning writes in place).
-* ``LastCheckpoint``: ``last.ckpt`` at the end of every epoch, at the end of training and on
-  Ctrl-C (Lightning's ``save_last`` writes it only when training ends), never from non-finite
-  weights; every checkpoint also carries the run's config, for checking a resume against it.
+* ``LastCheckpoint``: ``last.ckpt`` when an epoch's training and validation end (before the
+  analyses run, so a long analysis never delays it), at the end of every epoch, at the end of
+  training, on Ctrl-C and on a stop signal (Lightning's ``save_last`` writes it only when training
+  ends), never from non-finite weights; every checkpoint also carries the run's config, for checking
+  a resume against it, and the state of callbacks a resumed run no longer has (their histories).
 * ``read_checkpoint`` / ``check_matches``: a checkpoint is readable and fits the model the config
   builds, checked before a resumed run writes anything (one line naming the difference).
 """
@@ -21,6 +23,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from zflight.config import ConfigError
@@ -80,10 +83,14 @@ class LastCheckpoint(pl.Callback):
         saved_epoch: the epoch of the last save by this process (None before the first).
     """
 
-    def __init__(self, path: str | Path, config: dict[str, Any]) -> None:
+    def __init__(
+        self, path: str | Path, config: dict[str, Any], carried: dict[str, Any] | None = None
+    ) -> None:
         self.path = Path(path)
         self.config = config
+        self.carried = dict(carried or {})
         self.saved_epoch: int | None = None
+        self.saved_step: int | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if trainer.is_global_zero and self.path.parent.is_dir():  # left by a kill during a save
@@ -94,6 +101,13 @@ class LastCheckpoint(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint[CONFIG_KEY] = self.config
+        states = checkpoint.setdefault("callbacks", {})
+        for key, state in self.carried.items():  # a resume with fewer callbacks keeps their state
+            states.setdefault(key, state)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and _analyses_due(trainer):
+            self.save(trainer, pl_module)  # listed before the visual callbacks: before they run
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.save(trainer, pl_module)
@@ -108,6 +122,20 @@ class LastCheckpoint(pl.Callback):
             self.save(trainer, pl_module)
             if trainer.is_global_zero:
                 print(f"interrupted: saved {self.path}", flush=True)
+        elif isinstance(exception, SIGTERMException):  # a stop signal (zflight.run.preemption)
+            if self.saved_step != trainer.global_step:  # not saved since the last step already
+                self.save(trainer, pl_module)
+
+    def stopped_line(self, signal_name: str, epoch: int) -> str:
+        """One line for a run stopped by a signal: what was saved and how to go on."""
+        if self.saved_epoch is None:
+            return (
+                f"stopped by {signal_name} at epoch {epoch}: nothing was saved (no finite weights)"
+            )
+        return (
+            f"stopped by {signal_name} at epoch {epoch}: saved {self.path} (epoch {self.saved_epoch}, "
+            f"step {self.saved_step}); resume={self.path} continues"
+        )
 
     def save(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Write ``last.ckpt`` (rank 0; no collective, so it is safe in ``on_exception`` too)."""
@@ -130,6 +158,17 @@ class LastCheckpoint(pl.Callback):
             )
             return
         self.saved_epoch = trainer.current_epoch
+        self.saved_step = trainer.global_step
+
+
+def _analyses_due(trainer: pl.Trainer) -> bool:
+    """Whether a visual callback runs after this validation (then last.ckpt is written before it)."""
+    from zflight.callbacks.base import VisualizationCallback
+
+    return any(
+        isinstance(cb, VisualizationCallback) and cb._should_run(trainer)
+        for cb in trainer.callbacks
+    )
 
 
 def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
