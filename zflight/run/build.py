@@ -107,9 +107,9 @@ def build_logger(cfg: DictConfig, run_dir: Path) -> Any:
     if lg.name == "none":
         return False
     if lg.name == "csv":
-        from lightning.pytorch.loggers import CSVLogger
+        from zflight.run.loggers import AppendingCSVLogger
 
-        return CSVLogger(str(run_dir), name="csv", version="")
+        return AppendingCSVLogger(str(run_dir), name="csv", version="")
     if lg.name == "tensorboard":
         from lightning.pytorch.loggers import TensorBoardLogger
 
