@@ -5,7 +5,8 @@ MOMENT is ``train`` (a training batch of the first epoch), ``validation`` (a val
 ``occlusion`` (inside the occlusion map's chunk loop), ``actmax`` (inside the optimisation steps),
 ``deconv`` (inside the deconvnet projections) or ``start`` (before the first batch). When it is
 reached, MARKER is written and the process slows down there (every step sleeps 0.2 s), so the
-signal arrives in the middle of that moment, not after it.
+signal arrives in the middle of that moment, not after it. ``hold`` writes MARKER at the start of
+training and waits there until the file ``MARKER.release`` exists.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ class MarkAt(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         if self.moment == "start":
             _mark(self.marker)
+        if self.moment == "hold":
+            self.marker.write_text(f"{time.time()}\n")
+            release = self.marker.with_name(self.marker.name + ".release")
+            while not release.exists():
+                time.sleep(0.05)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.moment == "train" and batch_idx >= 1:

@@ -114,7 +114,7 @@ def _fit(
             _finish(logger)
         if preemption.received is not None and not isinstance(exc, RunFailure):
             raise Preempted(
-                last.stopped_line(preemption.name(), trainer.current_epoch),
+                last.stopped_line(preemption.name(), preemption.epoch),
                 preemption.received,
                 quiet=not trainer.is_global_zero,
             ) from None

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from zflight.config import ConfigError, load_config, to_yaml
 from zflight.run.commands import RunFailure, groups_text, run_command
+from zflight.run.lock import RunLock, claim_new_directory
 from zflight.run.run_dir import ensure_writable, run_of_checkpoint
 
 USAGE = """usage: python -m zflight.visualize ckpt=PATH [out=DIR] [GROUP=choice ...] [key=value ...]
@@ -60,7 +61,8 @@ def visualize(argv: list[str]) -> Path:
     base = OmegaConf.load(run_dir / "config.yaml") if run_dir else None
     cfg = load_config(rest, base=base)
     beside = run_dir or ckpt.parent / ckpt.stem
-    out = Path(options["out"]) if options.get("out") else default_out(beside)
+    given = bool(options.get("out"))
+    out = Path(options["out"]) if given else default_out(beside)
     if run_dir and (
         out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents
     ):
@@ -71,12 +73,8 @@ def visualize(argv: list[str]) -> Path:
     if (out / "viz").exists():
         raise ConfigError(f"out={out} already holds a viz/ folder; choose a new folder")
 
-    import lightning.pytorch as pl
-
     from zflight.callbacks.base import VisualizationCallback
     from zflight.run import build
-    from zflight.run.checkpoints import check_matches, finished_epoch, read_checkpoint
-    from zflight.run.console import quiet_console
 
     build.check_devices(cfg)
     callbacks = build.build_callbacks(cfg)
@@ -85,6 +83,23 @@ def visualize(argv: list[str]) -> Path:
         raise ConfigError(
             "no visual callbacks configured: pass callbacks=default or callbacks.<name>._target_=..."
         )
+    if not given:
+        out = claim_new_directory(out)  # two calls in the same second get two folders
+    lock = RunLock(out, "out").acquire()
+    try:
+        return _visualize(cfg, ckpt, out, callbacks, visual)
+    finally:
+        lock.release()
+
+
+def _visualize(cfg: Any, ckpt: Path, out: Path, callbacks: list, visual: list) -> Path:
+    """Load the checkpoint, run the callbacks once into ``out`` and report which failed."""
+    import lightning.pytorch as pl
+
+    from zflight.run import build
+    from zflight.run.checkpoints import check_matches, finished_epoch, read_checkpoint
+    from zflight.run.console import quiet_console
+
     state: dict[str, Any] = read_checkpoint(ckpt, "ckpt")
     datamodule = build.build_datamodule(cfg)
     module = build.build_module(

@@ -57,11 +57,13 @@ class Preemption(pl.Callback):
 
     Attributes:
         received: the first signal received (None while there was none).
+        epoch: the epoch it arrived in.
     """
 
     def __init__(self, signals: tuple[str | int, ...] = ("SIGTERM", "SIGUSR1")) -> None:
         self.signals = [signal_number(s) for s in signals]
         self.received: int | None = None
+        self.epoch = 0
         self._trainer: pl.Trainer | None = None
         self._previous: dict[int, Any] = {}
 
@@ -80,6 +82,8 @@ class Preemption(pl.Callback):
         trainer = self._trainer
         if trainer is None:
             return
+        if first:
+            self.epoch = trainer.current_epoch
         trainer._signal_connector.received_sigterm = (
             True  # Lightning's loops stop at the next batch
         )
