@@ -150,3 +150,60 @@ def test_dated_directories_of_one_second_get_suffixes(tmp_path, monkeypatch):
         got.append(rd.claim_run_dir(rd.resolve_run_dir(cfg)))
     assert [p.name[-3:] for p in got][1:] == ["x-2", "x-3"]
     assert len({p.name for p in got}) == 3 and all(p.is_dir() for p in got)
+
+
+@pytest.mark.slow
+def test_sigterm_under_two_process_ddp_stops_every_rank_and_rank_0_saves(tmp_path):
+    run, marker = tmp_path / "run", tmp_path / "marker"
+    proc = start("train", marker, *tiny_overrides(run, "trainer.devices=2", "trainer.max_epochs=3"))
+    wait_for(marker, proc)
+    proc.send_signal(signal.SIGTERM)  # to rank 0 only, as `kill` would: it passes it on
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-3000:]
+    lines = stopped_lines(err)
+    assert len(lines) == 1 and "stopped by SIGTERM at epoch 0" in lines[0], err[-3000:]
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["epoch"] == 0 and ckpt["global_step"] >= 1
+    leftover = subprocess.run(["pgrep", "-f", f"run_dir={run}"], capture_output=True, text=True)
+    assert leftover.stdout.strip() == "", "every rank has ended"
+
+
+def test_sbatch_requeues_on_a_signal_exit_and_resumes_from_last_checkpoint(tmp_path):
+    """scripts/slurm.sbatch with a stand-in srun (exit code chosen) and scontrol (recorded)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/bash\necho "$@" > "$FAKE_ARGS"\nexit "$FAKE_CODE"\n')
+    (bin_dir / "scontrol").write_text('#!/bin/bash\necho "$@" >> "$FAKE_REQUEUE"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    run = tmp_path / "runs" / "slurm-77"
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_JOB_ID": "77",
+        "ZFLIGHT_RUN_DIR": str(run),
+        "FAKE_ARGS": str(tmp_path / "args"),
+        "FAKE_REQUEUE": str(tmp_path / "requeue"),
+    }
+
+    def submit(code: int) -> subprocess.CompletedProcess:
+        script = ROOT / "scripts" / "slurm.sbatch"
+        return subprocess.run(
+            ["bash", str(script)],
+            env={**env, "FAKE_CODE": str(code)},
+            cwd=ROOT,
+            text=True,
+            capture_output=True,
+        )
+
+    first = submit(138)  # SIGUSR1 before the time limit: saved, requeue
+    assert first.returncode == 0 and (tmp_path / "requeue").read_text().split() == ["requeue", "77"]
+    assert "resume=" not in (tmp_path / "args").read_text()
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    second = submit(0)  # the requeued job: resumes by itself, ends normally, no requeue
+    assert second.returncode == 0
+    assert f"resume={run}/checkpoints/last.ckpt" in (tmp_path / "args").read_text()
+    assert (tmp_path / "requeue").read_text().count("requeue") == 1
+    assert submit(1).returncode == 1  # a failure is not requeued
+    assert (tmp_path / "requeue").read_text().count("requeue") == 1

@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
@@ -184,6 +185,9 @@ def build_trainer(
         enable_version_counter=False,  # a resumed run replaces best.ckpt, never adds best-v1.ckpt
     )
     extra = [LearningRateMonitor("step")] if logger else []
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():  # zflight.run.preemption stops and saves; the sbatch requeues
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     return pl.Trainer(
         default_root_dir=str(run_dir),
         accelerator=t.accelerator,
@@ -194,7 +198,7 @@ def build_trainer(
         max_epochs=t.max_epochs,
         logger=logger,
         callbacks=[best, *extra, *callbacks],
-        plugins=[AtomicCheckpointIO()],
+        plugins=plugins,
         log_every_n_steps=t.log_every_n_steps,
         limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches,

@@ -53,7 +53,8 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
 def claim_run_dir(run_dir: Path) -> Path:
     """Create the run directory; a dated one this process chose gets a ``-2``, ``-3``... suffix
     when another run took its name first (the DDP ranks it starts inherit the final name)."""
-    if os.environ.pop(_DATED, None) == "1" and launching_process():
+    dated_here = os.environ.pop(_DATED, None) == "1"
+    if dated_here and launching_process() and not torchrun_processes():  # workers share a name
         run_dir = claim_new_directory(run_dir)
         os.environ["ZFLIGHT_RUN_DIR"] = str(run_dir)
     return run_dir
