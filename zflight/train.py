@@ -37,9 +37,14 @@ def train(overrides: list[str] | None = None) -> dict[str, Any]:
     if show:
         print(to_yaml(cfg), end="")
         return {"config": cfg}
-    from zflight.run.run_dir import claim_run_dir, resolve_run_dir
+    from zflight.run.run_dir import claim_run_dir, ensure_writable, resolve_run_dir
+    from zflight.run.signatures import check_callback_arguments
+    from zflight.run.wandb_check import check_wandb
+
+    check_callback_arguments(cfg)  # typos and wrong types, from the source: no torch yet
 
     run_dir = resolve_run_dir(cfg)  # a resume= outside any run stops here, nothing created
+    check_wandb(cfg)  # online without a key or a network: one line now, not a traceback later
 
     import lightning.pytorch as pl
 
@@ -68,6 +73,7 @@ def train(overrides: list[str] | None = None) -> dict[str, Any]:
     lock = None
     if launching_process():
         run_dir = claim_run_dir(run_dir)
+        ensure_writable(run_dir)  # one line for a directory that cannot be written
         lock = RunLock(run_dir).acquire()
         if lock.took_over:
             print(lock.took_over, flush=True)

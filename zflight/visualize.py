@@ -21,6 +21,7 @@ from zflight.config import ConfigError, load_config, to_yaml
 from zflight.run.commands import RunFailure, groups_text, run_command
 from zflight.run.lock import RunLock, claim_new_directory
 from zflight.run.run_dir import ensure_writable, run_of_checkpoint
+from zflight.run.signatures import check_callback_arguments
 
 USAGE = """usage: python -m zflight.visualize ckpt=PATH [out=DIR] [GROUP=choice ...] [key=value ...]
        zflight visualize ckpt=PATH ...        make visualize CKPT=PATH [ARGS="..."]
@@ -60,6 +61,7 @@ def visualize(argv: list[str]) -> Path:
     run_dir = run_of_checkpoint(ckpt)
     base = OmegaConf.load(run_dir / "config.yaml") if run_dir else None
     cfg = load_config(rest, base=base)
+    check_callback_arguments(cfg)  # from the source, before torch is imported
     beside = run_dir or ckpt.parent / ckpt.stem
     given = bool(options.get("out"))
     out = Path(options["out"]) if given else default_out(beside)

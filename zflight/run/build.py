@@ -5,7 +5,6 @@ config is checked."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from zflight.run.checkpoints import AtomicCheckpointIO
 from zflight.run.run_dir import torchrun_processes
 from zflight.run.strategy import build_strategy
 from zflight.run.targets import instantiate
+from zflight.run.wandb_check import wandb_mode
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
@@ -83,24 +83,6 @@ def build_module(cfg: DictConfig, model: torch.nn.Module, num_classes: int) -> C
         channels_last,
         cfg.trainer.compile,
     )
-
-
-def wandb_mode(requested: str) -> str:
-    """``auto`` -> online only with an API key and a reachable server; never prompts."""
-    if requested != "auto":
-        return requested
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    has_key = bool(os.environ.get("WANDB_API_KEY"))
-    netrc = Path.home() / ".netrc"
-    has_key = has_key or (netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
-    if not has_key:
-        return "offline"
-    try:
-        socket.create_connection(("api.wandb.ai", 443), timeout=2).close()
-        return "online"
-    except OSError:
-        return "offline"
 
 
 def build_logger(cfg: DictConfig, run_dir: Path) -> Any:

@@ -53,6 +53,14 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
+        try:
+            return self._acquire()
+        except OSError as exc:
+            raise ConfigError(
+                f"{self.key}: cannot lock {self.directory}: {exc.strerror or exc}"
+            ) from None
+
+    def _acquire(self) -> RunLock:
         self.directory.mkdir(parents=True, exist_ok=True)
         for _ in range(20):  # the file may be replaced under us by an owner that is releasing it
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
