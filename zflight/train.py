@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from zflight.config import load_config, to_yaml
+from zflight.config import ConfigError, load_config, to_yaml
 from zflight.run.commands import TRAIN_USAGE, RunFailure, pop_flag, run_command, usage
 
 # Names that lived here before zflight.run.build and zflight.run.run_dir held them (imported on use).
@@ -90,15 +90,17 @@ def _fit(
     """Open the logger, write the run's config and train; a signal ends it saved (``Preempted``)."""
     from omegaconf import OmegaConf
 
+    from zflight.callbacks.disk import DISK
     from zflight.callbacks.run_record import RunRecord
     from zflight.run import build
-    from zflight.run.checkpoints import LastCheckpoint
+    from zflight.run.checkpoints import DiskFull, LastCheckpoint
     from zflight.run.console import quiet_console
     from zflight.run.divergence import StopOnDivergence
     from zflight.run.preemption import Preempted, Preemption
     from zflight.run.run_dir import ensure_writable
 
     ensure_writable(run_dir)
+    DISK.reset()
     last = LastCheckpoint(
         run_dir / "checkpoints" / "last.ckpt", OmegaConf.to_container(cfg, resolve=True), carried
     )
@@ -108,7 +110,8 @@ def _fit(
     first = [StopOnDivergence(last, cfg.resume), last, preemption]  # last.ckpt before analyses
     trainer = build.build_trainer(cfg, run_dir, [*first, *callbacks, *watch], logger)
     if trainer.is_global_zero:
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        if not DISK.write_text(run_dir / "config.yaml", to_yaml(cfg), "config"):
+            raise ConfigError(f"run_dir={run_dir}: the disk is full; free some space first")
         if logger:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
             if hasattr(logger, "experiment") and hasattr(logger.experiment, "id"):
@@ -118,6 +121,8 @@ def _fit(
     except BaseException as exc:
         if trainer.is_global_zero:
             _finish(logger)
+        if isinstance(exc, DiskFull) and DISK.summary():
+            raise DiskFull(f"{exc}\n{DISK.summary()}", exc.quiet) from None
         if preemption.received is not None and not isinstance(exc, RunFailure):
             raise Preempted(
                 last.stopped_line(preemption.name(), preemption.epoch),
@@ -139,7 +144,7 @@ def _fit(
     }
     if trainer.is_global_zero:
         _finish(logger)
-        _print_summary(result)
+        _print_summary(result, DISK.summary())
     return result
 
 
@@ -177,7 +182,7 @@ def _shown(path: Any) -> str:
         return str(p)
 
 
-def _print_summary(r: dict[str, Any]) -> None:
+def _print_summary(r: dict[str, Any], unwritten: str | None = None) -> None:
     lines = [
         f"final validation accuracy: top-1 {r['val_acc1']:.4f}, top-5 {r['val_acc5']:.4f}",
         f"run directory:  {r['run_dir']}",
@@ -188,6 +193,8 @@ def _print_summary(r: dict[str, Any]) -> None:
         lines.append(
             f"W&B run:        {r['wandb_dir']}  (upload later with `wandb sync {r['wandb_dir']}`)"
         )
+    if unwritten:
+        lines.append(unwritten)
     print("\n".join(lines), flush=True)
 
 

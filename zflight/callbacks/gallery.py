@@ -12,7 +12,6 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
 import re
 from importlib import resources
 from pathlib import Path
@@ -163,9 +162,8 @@ def render(data: dict[str, Any]) -> str:
 
 def write_gallery(root: Path) -> Path:
     """Rebuild ``root/index.html`` from what is on disk; replaced at once, never half written."""
-    root.mkdir(parents=True, exist_ok=True)
+    from zflight.callbacks.disk import DISK
+
     out = root / "index.html"
-    tmp = out.with_name(f".index.html.{os.getpid()}.tmp")
-    tmp.write_text(render(gallery_data(root)), encoding="utf-8")
-    os.replace(tmp, out)
+    DISK.write_text(out, render(gallery_data(root)), "gallery page")
     return out

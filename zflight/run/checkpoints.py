@@ -13,9 +13,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
+import errno
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,9 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from zflight.callbacks.disk import DISK, no_space
 from zflight.config import ConfigError
+from zflight.run.commands import RunFailure
 
 # Settings a checkpoint's weights and inputs depend on: a resume or a post-hoc run must match them.
 MATCH_KEYS = ("model.name", "model.width", "model.head_pool", "data.name", "data.image_size")
@@ -34,33 +34,23 @@ CONFIG_KEY = "zflight_config"
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` so that it holds either the old or the new file, whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # as an ordinary open() would (mkstemp gives 0600)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # the rename itself survives a power cut
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    """``torch.save`` to ``path`` so that it holds either the old or the new file, whole (through
+    the run's one guarded write path); OSError(ENOSPC) when the disk had no room."""
+    if not DISK.save(path, "checkpoint", lambda f: torch.save(obj, f)):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+class DiskFull(RunFailure):
+    """A checkpoint could not be written for lack of space: the run stops here (exit code 1)."""
+
+
+def disk_full(path: str | Path, exc: OSError) -> DiskFull:
+    run = Path(path).parent
+    return DiskFull(
+        f"the disk is full: could not write {path} ({exc.strerror or exc}); training stopped. "
+        f"The previous checkpoints are whole: free some space, then "
+        f"resume={run / 'last.ckpt'} continues"
+    )
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -69,7 +59,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
     ) -> None:
-        atomic_save(checkpoint, path)
+        try:
+            atomic_save(checkpoint, path)
+        except OSError as exc:
+            if no_space(exc):
+                raise disk_full(path, exc) from None
+            raise
 
 
 def weights_finite(module: torch.nn.Module) -> bool:
@@ -118,13 +113,16 @@ class LastCheckpoint(pl.Callback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        if isinstance(exception, KeyboardInterrupt):
-            self.save(trainer, pl_module)
-            if trainer.is_global_zero:
-                print(f"interrupted: saved {self.path}", flush=True)
-        elif isinstance(exception, SIGTERMException):  # a stop signal (zflight.run.preemption)
-            if self.saved_step != trainer.global_step:  # not saved since the last step already
+        try:
+            if isinstance(exception, KeyboardInterrupt):
                 self.save(trainer, pl_module)
+                if trainer.is_global_zero:
+                    print(f"interrupted: saved {self.path}", flush=True)
+            elif isinstance(exception, SIGTERMException):  # a stop signal (zflight.run.preemption)
+                if self.saved_step != trainer.global_step:  # not saved since the last step
+                    self.save(trainer, pl_module)
+        except DiskFull as exc:
+            warnings.warn(str(exc), stacklevel=1)
 
     def stopped_line(self, signal_name: str, epoch: int) -> str:
         """One line for a run stopped by a signal: what was saved and how to go on."""
@@ -151,7 +149,11 @@ class LastCheckpoint(pl.Callback):
         checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
         try:
             trainer.strategy.save_checkpoint(checkpoint, self.path)
-        except OSError as exc:  # a full disk: the previous last.ckpt stays, training goes on
+        except DiskFull:
+            raise
+        except OSError as exc:  # the previous last.ckpt stays, training goes on
+            if no_space(exc):
+                raise disk_full(self.path, exc) from None
             warnings.warn(
                 f"could not write {self.path} ({exc.strerror or exc}); the previous one is kept",
                 stacklevel=1,
