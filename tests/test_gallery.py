@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zflight.callbacks.gallery import gallery_data
+from zflight.callbacks.gallery import gallery_data, write_gallery
 from zflight.callbacks.results import Figure, VizResult
 from zflight.callbacks.sinks import write_outputs
 
@@ -53,7 +53,8 @@ def make_run(run: Path, epochs: int = 3) -> Path:
         row["train/loss"] = 2.1 - 0.6 * epoch
         with open(viz / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
-    write_outputs(trainer, "cb", VizResult(), background=False)  # rebuilds the page
+    write_outputs(trainer, "cb", VizResult(), background=False)  # updates the page
+    write_gallery(viz, force=True)  # as the end of a run does: the last update is not debounced
     return viz
 
 
@@ -91,7 +92,8 @@ def test_gallery_data_comes_from_disk(tmp_path):
     assert [m["epoch"] for m in data["metrics"]] == [0, 1, 2]
     page = (viz / "index.html").read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page), "no external links"
-    assert 'loading: "lazy"' in page and "cb/small/epoch_0002.png" in page
+    assert 'loading: "lazy"' in page and '<script src="gallery/0000.js">' in page
+    assert "cb/small/epoch_0002.png" in (viz / "gallery" / "0000.js").read_text()
 
 
 @needs_chromium

@@ -22,6 +22,7 @@ from torch import nn
 from typing_extensions import override
 
 from zflight.analysis.stopping import StopRequested, check_stop, stop_requested
+from zflight.callbacks.gallery_index import flush_galleries
 from zflight.callbacks.isolation import isolated, nonfinite_parameters
 from zflight.callbacks.process_group import destroy_process_group_at_exit
 from zflight.callbacks.ranks import GatherMismatch, PeerFailed, RankAgreement, report_failure
@@ -221,6 +222,8 @@ class VisualizationCallback(pl.Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         WRITER.flush(raise_errors=self.strict)
+        if trainer.is_global_zero:
+            flush_galleries()  # the last, debounced gallery update
 
     @override
     def on_exception(
@@ -228,6 +231,8 @@ class VisualizationCallback(pl.Callback):
     ) -> None:
         self._remove_hooks()
         WRITER.flush(raise_errors=False)
+        if trainer.is_global_zero:
+            flush_galleries()
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing_extensions import override
 
 from zflight.callbacks.disk import DISK
 from zflight.callbacks.gallery import write_gallery
+from zflight.callbacks.gallery_index import flush_galleries
 from zflight.callbacks.sinks import WRITER, json_value, log_step, viz_dir
 
 
@@ -75,3 +76,5 @@ class RunRecord(pl.Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         WRITER.flush(raise_errors=False)
+        if trainer.is_global_zero:
+            flush_galleries()  # the last, debounced update

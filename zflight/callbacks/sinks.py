@@ -27,6 +27,7 @@ from PIL.PngImagePlugin import PngInfo
 from zflight.analysis.images import caption, grid
 from zflight.callbacks.disk import DISK
 from zflight.callbacks.gallery import write_gallery
+from zflight.callbacks.gallery_index import gallery_index
 from zflight.callbacks.results import Figure, Table, VizResult
 from zflight.callbacks.writer import WRITER, BackgroundWriter, Finish
 
@@ -157,11 +158,12 @@ def write_outputs(
         for key, figs in figures.items():
             path = root / name / key / f"epoch_{epoch:04d}.png"
             picture, info = Image.fromarray(compose(figs)), png_caption(figs)
-            DISK.save(
+            if DISK.save(
                 path,
                 "picture",
                 lambda f, im=picture, meta=info: im.save(f, "PNG", compress_level=1, pnginfo=meta),
-            )
+            ):
+                gallery_index(root).note_figure(path)
             finishes += _log_images(loggers, f"{name}/{key}", figs, epoch, step)
         for key, table in tables.items():
             finishes += _log_table(loggers, f"{name}/{key}", table, epoch, step)
