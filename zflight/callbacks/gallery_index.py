@@ -49,7 +49,7 @@ class GalleryIndex:
         self._dirty: set[int] = set()
         self._written_chunks: tuple[int, ...] | None = None
         self._config: list[list[str]] | None = None
-        self._last = 0.0
+        self._last: float | None = None  # the first update is always written
         self._scanned = False
         self._lock = threading.Lock()
 
@@ -66,7 +66,7 @@ class GalleryIndex:
                 self._scan()
             self._read_new_rows()
             now = time.monotonic()
-            if not force and now - self._last < self.debounce_s:
+            if not force and self._last is not None and now - self._last < self.debounce_s:
                 return None
             self._last = now
             return self._write()
