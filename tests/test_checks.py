@@ -185,3 +185,18 @@ def test_wandb_online_without_key_or_network_is_one_line(tmp_path, monkeypatch, 
         check_wandb(online)
     assert time.perf_counter() - started < 10
     check_wandb(load_config(["logger=wandb", "logger.mode=offline"]))
+
+
+def test_visualize_with_a_malformed_run_config_is_one_line(tmp_path, capsys):
+    from zflight.train import train
+    from zflight.visualize import main as visualize
+
+    run = tmp_path / "run"
+    train(tiny_overrides(run, "trainer.max_epochs=1"))
+    (run / "config.yaml").write_text("model: {name: zfnet\n  width: [\n")
+    capsys.readouterr()
+    out = tmp_path / "out"
+    assert visualize([f"ckpt={run / 'checkpoints' / 'last.ckpt'}", f"out={out}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config.yaml cannot be read (" in err
+    assert not out.exists()

@@ -49,6 +49,19 @@ def default_out(beside: Path) -> Path:
     return out
 
 
+def _saved_config(run_dir: Path, ckpt: Path) -> Any:
+    """The run's ``config.yaml``; a ConfigError naming it when it cannot be read."""
+    path = run_dir / "config.yaml"
+    try:
+        return OmegaConf.load(path)
+    except Exception as exc:
+        detail = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ConfigError(
+            f"ckpt={ckpt}: its run's {path} cannot be read ({type(exc).__name__}: {detail}); "
+            "repair it: visualize starts from the run's config"
+        ) from None
+
+
 def visualize(argv: list[str]) -> Path:
     """Run the configured callbacks once on the checkpoint; return the gallery's path."""
     options = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in ("ckpt", "out"))
@@ -59,7 +72,7 @@ def visualize(argv: list[str]) -> Path:
     if not ckpt.is_file():
         raise ConfigError(f"ckpt={ckpt}: no such file")
     run_dir = run_of_checkpoint(ckpt)
-    base = OmegaConf.load(run_dir / "config.yaml") if run_dir else None
+    base = _saved_config(run_dir, ckpt) if run_dir else None
     cfg = load_config(rest, base=base)
     check_callback_arguments(cfg)  # from the source, before torch is imported
     beside = run_dir or ckpt.parent / ckpt.stem

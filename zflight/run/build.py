@@ -40,11 +40,18 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
             fine_texture=d.fine_texture,
         )
     try:
-        return ImageFolderDataModule(
+        dm = ImageFolderDataModule(
             d.root, d.image_size, d.resize, d.batch_size, d.num_workers, d.ten_crop, d.decode
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    found = len(dm.index["train"].samples)
+    if d.batch_size > found:  # the loader drops the last, incomplete batch: nothing would train
+        raise ConfigError(
+            f"data.batch_size={d.batch_size} is larger than the {found} training images in "
+            f"{d.root}/train: not one full batch; use data.batch_size<={max(found, 1)}"
+        )
+    return dm
 
 
 def build_model(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
