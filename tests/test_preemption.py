@@ -207,3 +207,33 @@ def test_sbatch_requeues_on_a_signal_exit_and_resumes_from_last_checkpoint(tmp_p
     assert (tmp_path / "requeue").read_text().count("requeue") == 1
     assert submit(1).returncode == 1  # a failure is not requeued
     assert (tmp_path / "requeue").read_text().count("requeue") == 1
+
+
+@pytest.mark.slow
+def test_three_seeds_started_together_without_run_dir_get_three_directories(tmp_path):
+    markers = [tmp_path / f"m{seed}" for seed in range(3)]
+    procs = [
+        start(
+            "hold",
+            marker,
+            *[a for a in tiny_overrides(tmp_path / "unused") if not a.startswith("run_dir=")],
+            f"runs_root={tmp_path / 'runs'}",
+            f"seed={seed}",
+            "trainer.max_epochs=1",
+        )
+        for seed, marker in enumerate(markers)
+    ]
+    for marker, proc in zip(markers, procs, strict=True):  # all three hold at once
+        wait_for(marker, proc)
+    for marker in markers:
+        marker.with_name(marker.name + ".release").touch()
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 3
+    seeds = sorted(
+        int(r.joinpath("config.yaml").read_text().split("seed: ")[1].split()[0]) for r in runs
+    )
+    assert seeds == [0, 1, 2]
+    assert all(len(list(r.glob("checkpoints/*.ckpt"))) == 2 for r in runs)
