@@ -6,7 +6,8 @@ PNGs). An update rewrites only the data file of the epochs that changed, and ``i
 when a new data file appears or the run's config changes. Nothing already seen is read again: new
 PNGs are announced by the writer that wrote them, and the JSON-lines files are read from where the
 last update stopped (damaged lines skipped and counted). Updates are debounced: at most one every
-``DEBOUNCE_S`` seconds, and a last one when the run ends (``flush_galleries``).
+``DEBOUNCE_S`` seconds, and a last one when the run ends (``flush_galleries``). ``index.html`` is
+rewritten only when a data file, a figure key or the run's config is new.
 
 Duplicates of one (epoch, key) are resolved at read time: the row written last wins.
 """
@@ -49,6 +50,7 @@ class GalleryIndex:
         self._dirty: set[int] = set()
         self._written_chunks: tuple[int, ...] | None = None
         self._config: list[list[str]] | None = None
+        self._written_keys: list[str] | None = None
         self._last: float | None = None  # the first update is always written
         self._scanned = False
         self._lock = threading.Lock()
@@ -131,8 +133,10 @@ class GalleryIndex:
         self._dirty.clear()
         chunks = tuple(sorted({*self.figures, *self.scalars, *self.metrics}))
         config = config_summary(self.root.parent / "config.yaml")
+        keys = self._keys()
         out = self.root / "index.html"
-        if chunks != self._written_chunks or config != self._config or not out.exists():
+        changed = (chunks, config, keys) != (self._written_chunks, self._config, self._written_keys)
+        if changed or not out.exists():
             data = {
                 "run": self.root.parent.name,
                 "config": config,
@@ -141,9 +145,9 @@ class GalleryIndex:
                 "scalars": {},
                 "damaged": {k: v for k, v in self.damaged.items() if v},
             }
-            page = render(data, [f"gallery/{c:04d}.js" for c in chunks], self._keys())
+            page = render(data, [f"gallery/{c:04d}.js" for c in chunks], keys)
             if DISK.write_text(out, page, "gallery page"):
-                self._written_chunks, self._config = chunks, config
+                self._written_chunks, self._config, self._written_keys = chunks, config, keys
         return out
 
     def _chunk(self, chunk: int) -> str:
