@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import tiny_overrides
-from zflight.config import ConfigError, load_config
-from zflight.config_ranges import MIN_IMAGE_SIZE, SHAPES_CLASSES
+from zflight.config import MIN_IMAGE_SIZE, SHAPES_CLASSES, ConfigError, load_config
 from zflight.run.signatures import class_parameters
 
 ROOT = Path(__file__).resolve().parent.parent

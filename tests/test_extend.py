@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import tiny_overrides
+from zflight.module import one_cycle
 from zflight.train import main, train
 
 STEPS_PER_EPOCH = 4  # tiny: 128 training images in batches of 32
@@ -18,17 +19,16 @@ STEPS_PER_EPOCH = 4  # tiny: 128 training images in batches of 32
 def lr_by_step(run: Path) -> dict[int, float]:
     with open(run / "csv" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    return {int(r["step"]): float(r["lr-AdamW/pg1"]) for r in rows if r.get("lr-AdamW/pg1")}
+    return {int(r["step"]): float(r["optim/lr"]) for r in rows if r.get("optim/lr")}
 
 
-def planned(schedule: str, epochs: int) -> list[float]:
-    """The learning rate at each step of a run planned for ``epochs`` from the start (torch's own
-    schedulers, stepped as Lightning steps them)."""
+def planned(schedule: str, epochs: int, warmup: int = 400) -> list[float]:
+    """The learning rate at each step of a run planned for ``epochs`` from the start (the module's
+    one-cycle and torch's cosine, stepped as Lightning steps them)."""
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.003)
     total = epochs * STEPS_PER_EPOCH
     if schedule == "onecycle":
-        pct = min(max(0.25, 2.0 / total), 0.5)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.003, total_steps=total, pct_start=pct)
+        sched = one_cycle(opt, 0.003, total, 0.25, warmup)
     else:
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     lrs = []

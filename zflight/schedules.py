@@ -10,7 +10,6 @@ the length (none, step, plateau) continue unchanged. Pure functions of state dic
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -36,25 +35,41 @@ def cosine_lr(base: float, eta_min: float, t_max: int, epoch: int) -> float:
     return eta_min + (base - eta_min) * (1 + math.cos(math.pi * epoch / t_max)) / 2
 
 
+# what one-cycle keeps in the optimizer's parameter groups (the rates it moves between)
+SCHEDULE_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
+
+
+def lr_at(fresh: Any, group: dict[str, Any], index: int, step: int) -> float:
+    """The learning rate ``fresh`` gives parameter group ``index`` at ``step`` (closed forms of
+    OneCycleLR, LambdaLR and CosineAnnealingLR)."""
+    if hasattr(fresh, "_schedule_phases"):
+        return onecycle_lr(fresh._schedule_phases, group, step)
+    if hasattr(fresh, "lr_lambdas"):
+        return fresh.base_lrs[index] * fresh.lr_lambdas[index](step)
+    return cosine_lr(fresh.base_lrs[index], fresh.eta_min, fresh.T_max, step)
+
+
 def refit_schedule(checkpoint: dict[str, Any], fresh: Any, kind: str) -> bool:
     """Rewrite a checkpoint's scheduler and learning rates so that loading it continues the curve of
     ``fresh`` (the scheduler built for the new length) at the step the checkpoint reached.
 
-    Returns whether anything changed (False for schedules that do not depend on the length)."""
+    The checkpoint's scheduler state becomes ``fresh``'s, at the checkpoint's step, so a run that
+    changes form with its length (a short one-cycle run is a ``LambdaLR``) loads as well. Returns
+    whether anything changed (False for schedules that do not depend on the length)."""
     states = checkpoint.get("lr_schedulers") or []
     optimizers = checkpoint.get("optimizer_states") or []
     if kind not in ("onecycle", "cosine") or not states or not optimizers:
         return False
-    state, groups = states[0], optimizers[0]["param_groups"]
-    step = int(state["last_epoch"])
-    if kind == "onecycle":
-        state["total_steps"] = fresh.total_steps
-        state["_schedule_phases"] = copy.deepcopy(fresh._schedule_phases)
-        lrs = [onecycle_lr(state["_schedule_phases"], g, step) for g in groups]
-    else:
-        state["T_max"] = fresh.T_max
-        lrs = [cosine_lr(b, state["eta_min"], fresh.T_max, step) for b in state["base_lrs"]]
-    state["_last_lr"] = list(lrs)
+    old, groups = states[0], optimizers[0]["param_groups"]
+    step = int(old["last_epoch"])
+    new = fresh.state_dict()
+    new["last_epoch"] = step
+    new["_step_count"] = int(old.get("_step_count", step + 1))
+    for group, live in zip(groups, fresh.optimizer.param_groups, strict=True):
+        group.update({k: live[k] for k in SCHEDULE_KEYS if k in live})
+    lrs = [lr_at(fresh, group, i, step) for i, group in enumerate(groups)]
+    new["_last_lr"] = list(lrs)
     for group, lr in zip(groups, lrs, strict=True):
         group["lr"] = lr
+    states[0] = new
     return True

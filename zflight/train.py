@@ -106,7 +106,7 @@ def _fit(
     )
     preemption = Preemption(tuple(cfg.trainer.stop_signals))
     logger = build.build_logger(cfg, run_dir)
-    watch = [RunRecord(), *quiet_console(logger)]  # gallery numbers; progress, analyses, summary
+    watch = [RunRecord(), *quiet_console(logger, cfg.trainer.progress)]  # gallery, console
     first = [StopOnDivergence(last, cfg.resume), last, preemption]  # last.ckpt before analyses
     trainer = build.build_trainer(cfg, run_dir, [*first, *callbacks, *watch], logger)
     if trainer.is_global_zero:
@@ -152,8 +152,13 @@ def _finish(logger: Any) -> None:
     """Flush and close a W&B run so everything is on disk when training returns."""
     from lightning.pytorch.loggers import WandbLogger
 
+    from zflight.callbacks.sinks import WRITER
+
     if isinstance(logger, WandbLogger):
         try:
+            if hasattr(logger, "commit_rows"):  # the last epoch's row, also when a run stops early
+                WRITER.flush(raise_errors=False)
+                logger.commit_rows()
             logger.experiment.finish()
             import wandb
 

@@ -111,6 +111,7 @@ def _visualize(cfg: Any, ckpt: Path, out: Path, callbacks: list, visual: list) -
     """Load the checkpoint, run the callbacks once into ``out`` and report which failed."""
     import lightning.pytorch as pl
 
+    from zflight.callbacks.run_record import RunRecord
     from zflight.run import build
     from zflight.run.checkpoints import check_matches, finished_epoch, read_checkpoint
     from zflight.run.console import quiet_console
@@ -133,7 +134,8 @@ def _visualize(cfg: Any, ckpt: Path, out: Path, callbacks: list, visual: list) -
     trainer = pl.Trainer(
         default_root_dir=str(out),
         logger=False,
-        callbacks=[*callbacks, *quiet_console()],
+        # RunRecord: the gallery's header shows the checkpoint's validation accuracy
+        callbacks=[*callbacks, RunRecord(), *quiet_console(progress=cfg.trainer.progress)],
         accelerator=cfg.trainer.accelerator,
         devices=1,
         enable_checkpointing=False,

@@ -4,7 +4,7 @@ A header with the run's configuration, final accuracy and training curves; one c
 showing its latest epoch with a control to step through epochs; the callbacks' scalars as small
 charts. The page is the template in ``gallery_static/`` with its CSS, script and this run's data
 inlined, so it opens from ``file://`` with no network and no other file but the PNGs it shows
-(loaded lazily). ``write_gallery`` rebuilds it from what is on disk, so it is always complete.
+(loaded lazily). ``gallery_index.write_gallery`` keeps it up to date.
 """
 
 from __future__ import annotations
@@ -105,6 +105,26 @@ def _read_summary(path: Path) -> list[list[str]]:
     return pairs
 
 
+# The sections in the paper's order; a callback not listed here (a custom one) follows, by name.
+PAPER_ORDER = (
+    ("deconv", "deconvnet projections (Fig. 2)"),
+    ("evolution", "feature evolution (Fig. 4)"),
+    ("occlusion", "occlusion sensitivity (Fig. 7)"),
+    ("filters", "filter health (Fig. 6)"),
+    ("heatmaps", "heat maps: Grad-CAM and saliency"),
+    ("actmax", "activation maximisation"),
+    ("invariance", "invariance (Fig. 5)"),
+)
+
+
+def section_order(keys: list[str]) -> list[list[str]]:
+    """``[[name, title], ...]`` for the sections of these ``<callback>/<key>`` keys: the paper's
+    analyses in its order, then any other callback by name (its title is its name)."""
+    names = {k.split("/")[0] for k in keys}
+    known = [[n, title] for n, title in PAPER_ORDER if n in names]
+    return known + [[n, n] for n in sorted(names - {n for n, _ in PAPER_ORDER})]
+
+
 def figure_frames(root: Path) -> dict[str, list[list[Any]]]:
     """``key -> [[epoch, relative path, width, height, caption], ...]`` by epoch for every PNG."""
     frames: dict[str, list[list[Any]]] = {}
@@ -143,12 +163,15 @@ def epoch_metrics(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def gallery_data(root: Path) -> dict[str, Any]:
     """Everything the page shows, gathered from ``root`` (``viz/``) and the run's config."""
+    figures = figure_frames(root)
+    scalars = scalar_series(read_jsonl(root / "scalars.jsonl", needs_key=True))
     return {
         "run": root.parent.name,
         "config": config_summary(root.parent / "config.yaml"),
         "metrics": epoch_metrics(read_jsonl(root / "metrics.jsonl")),
-        "figures": figure_frames(root),
-        "scalars": scalar_series(read_jsonl(root / "scalars.jsonl", needs_key=True)),
+        "figures": figures,
+        "scalars": scalars,
+        "sections": section_order([*figures, *scalars]),
     }
 
 
@@ -177,12 +200,3 @@ def render(data: dict[str, Any], chunks: Iterable[str] = (), folders: Iterable[s
     }
     # one pass: text put in is never searched again for marks
     return _MARK.sub(lambda m: parts[m.group(1) or m.group(2)], _static("template.html"))
-
-
-def write_gallery(root: Path, force: bool = False) -> Path:
-    """Bring ``root/index.html`` up to date (incrementally, at most once every few seconds unless
-    ``force``; see ``gallery_index``); every file replaced at once, never half written."""
-    from zflight.callbacks.gallery_index import gallery_index
-
-    gallery_index(root).update(force=force)
-    return root / "index.html"

@@ -29,6 +29,7 @@ from zflight.callbacks.gallery import (
     figure_frames,
     parse_rows,
     render,
+    section_order,
 )
 
 CHUNK_EPOCHS = 10
@@ -134,8 +135,13 @@ class GalleryIndex:
         chunks = tuple(sorted({*self.figures, *self.scalars, *self.metrics}))
         config = config_summary(self.root.parent / "config.yaml")
         keys = self._keys()
+        every = sorted({*keys, *(k for by in self.scalars.values() for k in by)})
         out = self.root / "index.html"
-        changed = (chunks, config, keys) != (self._written_chunks, self._config, self._written_keys)
+        changed = (chunks, config, every) != (
+            self._written_chunks,
+            self._config,
+            self._written_keys,
+        )
         if changed or not out.exists():
             data = {
                 "run": self.root.parent.name,
@@ -143,11 +149,12 @@ class GalleryIndex:
                 "metrics": [],
                 "figures": {},
                 "scalars": {},
+                "sections": section_order(every),
                 "damaged": {k: v for k, v in self.damaged.items() if v},
             }
             page = render(data, [f"gallery/{c:04d}.js" for c in chunks], keys)
             if DISK.write_text(out, page, "gallery page"):
-                self._written_chunks, self._config, self._written_keys = chunks, config, keys
+                self._written_chunks, self._config, self._written_keys = chunks, config, every
         return out
 
     def _chunk(self, chunk: int) -> str:
@@ -179,6 +186,13 @@ def gallery_index(root: Path) -> GalleryIndex:
         if key not in _INDEXES:
             _INDEXES[key] = GalleryIndex(root)
         return _INDEXES[key]
+
+
+def write_gallery(root: Path, force: bool = False) -> Path:
+    """Bring ``root/index.html`` up to date (incrementally, at most once every ``DEBOUNCE_S``
+    seconds unless ``force``); every file replaced at once, never half written."""
+    gallery_index(root).update(force=force)
+    return root / "index.html"
 
 
 def flush_galleries() -> None:

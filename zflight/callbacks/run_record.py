@@ -15,8 +15,7 @@ import torch
 from typing_extensions import override
 
 from zflight.callbacks.disk import DISK
-from zflight.callbacks.gallery import write_gallery
-from zflight.callbacks.gallery_index import flush_galleries
+from zflight.callbacks.gallery_index import flush_galleries, write_gallery
 from zflight.callbacks.sinks import WRITER, json_value, log_step, viz_dir
 
 

@@ -26,8 +26,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from zflight.analysis.images import caption, grid
 from zflight.callbacks.disk import DISK
-from zflight.callbacks.gallery import write_gallery
-from zflight.callbacks.gallery_index import gallery_index
+from zflight.callbacks.gallery_index import gallery_index, write_gallery
 from zflight.callbacks.results import Figure, Table, VizResult
 from zflight.callbacks.writer import WRITER, BackgroundWriter, Finish
 
@@ -79,12 +78,14 @@ def compose(figs: list[Figure]) -> np.ndarray:
     return grid(tiles, ncols=1 if wide else math.ceil(math.sqrt(len(tiles))), pad=4)
 
 
-def png_caption(figs: list[Figure]) -> PngInfo | None:
-    """A single figure's caption as the PNG's ``Description`` text (the gallery shows it)."""
-    if len(figs) != 1 or not figs[0].caption:
+def png_caption(figs: list[Figure], fallback: str = "") -> PngInfo | None:
+    """A single figure's caption (``fallback`` when it has none) as the PNG's ``Description``
+    text, which the gallery shows under the picture."""
+    text = figs[0].caption or fallback if len(figs) == 1 else ""
+    if not text:
         return None
     info = PngInfo()
-    info.add_itxt("Description", figs[0].caption)  # UTF-8
+    info.add_itxt("Description", text)  # UTF-8
     return info
 
 
@@ -157,11 +158,12 @@ def write_outputs(
         finishes = []
         for key, figs in figures.items():
             path = root / name / key / f"epoch_{epoch:04d}.png"
-            picture, info = Image.fromarray(compose(figs)), png_caption(figs)
+            text = png_caption(figs, _default_caption(f"{name}/{key}", epoch, 0, 1))
+            picture = Image.fromarray(compose(figs))
             if DISK.save(
                 path,
                 "picture",
-                lambda f, im=picture, meta=info: im.save(f, "PNG", compress_level=1, pnginfo=meta),
+                lambda f, im=picture, meta=text: im.save(f, "PNG", compress_level=1, pnginfo=meta),
             ):
                 gallery_index(root).note_figure(path)
             finishes += _log_images(loggers, f"{name}/{key}", figs, epoch, step)

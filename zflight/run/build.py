@@ -11,7 +11,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from zflight.config import ConfigError
@@ -23,6 +23,7 @@ from zflight.run.run_dir import torchrun_processes
 from zflight.run.strategy import build_strategy
 from zflight.run.targets import instantiate
 from zflight.run.wandb_check import wandb_mode
+from zflight.run.wandb_rows import LearningRate
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
@@ -89,6 +90,7 @@ def build_module(cfg: DictConfig, model: torch.nn.Module, num_classes: int) -> C
         o.pct_start,
         channels_last,
         cfg.trainer.compile,
+        warmup_steps=o.warmup_steps,
     )
 
 
@@ -104,13 +106,16 @@ def build_logger(cfg: DictConfig, run_dir: Path) -> Any:
         from lightning.pytorch.loggers import TensorBoardLogger
 
         return TensorBoardLogger(str(run_dir), name="tensorboard", version="")
-    from lightning.pytorch.loggers import WandbLogger
+    from zflight.callbacks.sinks import WRITER
+    from zflight.run.wandb_rows import EpochRowWandbLogger, point_wandb_into
 
     mode = wandb_mode(lg.mode)
     os.environ.setdefault("WANDB_SILENT", "true")
+    point_wandb_into(run_dir)
     id_file = run_dir / "wandb-id.txt"
     run_id = id_file.read_text().strip() if id_file.exists() else None
-    return WandbLogger(
+    return EpochRowWandbLogger(
+        ready=lambda: not WRITER.pending(),
         project=lg.project,
         entity=lg.entity,
         name=run_dir.name,
@@ -173,7 +178,7 @@ def build_trainer(
         save_top_k=1,
         enable_version_counter=False,  # a resumed run replaces best.ckpt, never adds best-v1.ckpt
     )
-    extra = [LearningRateMonitor("step")] if logger else []
+    extra = [LearningRate()] if logger else []
     plugins: list[Any] = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():  # zflight.run.preemption stops and saves; the sbatch requeues
         plugins.append(SLURMEnvironment(auto_requeue=False))
