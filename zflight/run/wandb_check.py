@@ -5,6 +5,7 @@ line that says how to run offline, in seconds rather than after W&B's own retrie
 from __future__ import annotations
 
 import os
+import threading
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
@@ -39,13 +40,22 @@ def _host() -> str:
 
 def reachable(timeout: float = CONNECT_TIMEOUT_S) -> bool:
     """Whether the W&B server's health check (``/healthz``) answers OK within ``timeout``; a
-    proxy or captive portal that answers in its place (an error status) does not count."""
+    proxy or captive portal that answers in its place (an error status) does not count. The
+    request runs on a thread so that a name lookup with no network cannot hold it longer."""
     base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").rstrip("/")
-    try:
-        with urllib.request.urlopen(f"{base}/healthz", timeout=timeout) as answer:
-            return 200 <= answer.status < 300
-    except (OSError, ValueError):  # HTTPError (an error status) is an OSError too
-        return False
+    answer: list[bool] = []
+
+    def ask() -> None:
+        try:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=timeout) as reply:
+                answer.append(200 <= reply.status < 300)
+        except (OSError, ValueError):  # HTTPError (an error status) is an OSError too
+            answer.append(False)
+
+    thread = threading.Thread(target=ask, name="zflight-wandb-check", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answer and answer[0])
 
 
 def wandb_mode(requested: str) -> str:
