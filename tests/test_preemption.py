@@ -237,3 +237,33 @@ def test_three_seeds_started_together_without_run_dir_get_three_directories(tmp_
     )
     assert seeds == [0, 1, 2]
     assert all(len(list(r.glob("checkpoints/*.ckpt"))) == 2 for r in runs)
+
+
+def test_last_checkpoint_is_written_before_the_analyses(tmp_path):
+    """A kill -9 in the middle of the first epoch's occlusion map: last.ckpt already holds every
+    training step of that epoch, and resuming from it trains to the end."""
+    run, marker = tmp_path / "run", tmp_path / "marker"
+    occlusion = [
+        "callbacks=none",
+        "callbacks.occlusion._target_=zflight.callbacks.occlusion.Occlusion",
+        "callbacks.occlusion.on_first_epoch=true",
+    ]
+    proc = start("occlusion", marker, *tiny_overrides(run, *occlusion))
+    wait_for(marker, proc)
+    proc.kill()
+    proc.communicate()
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (saved["epoch"], saved["global_step"]) == (0, 4), "all 4 steps of epoch 0"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    resume = tiny_overrides(run, f"resume={run}/checkpoints/last.ckpt")
+    got = subprocess.run(
+        [sys.executable, "-m", "zflight.train", *resume],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert "took over the stale lock" in got.stdout
+    final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (final["epoch"], final["global_step"]) == (2, 8)
