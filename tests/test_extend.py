@@ -61,18 +61,23 @@ def test_resume_to_more_epochs_follows_the_longer_plan(tmp_path, schedule):
     assert seen[2 * STEPS_PER_EPOCH + 1] > 0
 
 
-def test_resume_to_fewer_epochs_is_one_line_and_writes_nothing(tmp_path, capsys):
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine", "step"])
+def test_resume_to_fewer_epochs_is_one_line_and_writes_nothing(tmp_path, capsys, schedule):
     run = tmp_path / "run"
-    train(tiny_overrides(run, "trainer.max_epochs=2"))
+    train(tiny_overrides(run, "trainer.max_epochs=2", f"optim.schedule={schedule}"))
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
     capsys.readouterr()
     ckpt = run / "checkpoints" / "last.ckpt"
-    code = main(tiny_overrides(run, "trainer.max_epochs=1", f"resume={ckpt}"))
+    code = main(
+        tiny_overrides(run, "trainer.max_epochs=1", f"resume={ckpt}", f"optim.schedule={schedule}")
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "trainer.max_epochs=1 is fewer than the 2 epochs" in err[0]
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
-    code = main(tiny_overrides(run, "trainer.max_epochs=2", f"resume={ckpt}"))
+    code = main(
+        tiny_overrides(run, "trainer.max_epochs=2", f"resume={ckpt}", f"optim.schedule={schedule}")
+    )
     out = capsys.readouterr().out
     assert code == 0 and "nothing to do" in out
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
@@ -93,3 +98,21 @@ def test_callback_history_survives_a_resume_without_that_callback(tmp_path):
     kept = torch.load(ckpt, weights_only=False)["callbacks"]
     assert keys[0] in kept
     assert kept[keys[0]].keys() == history.keys()
+
+
+def test_tensorboard_events_of_the_first_session_are_kept(tmp_path):
+    run = tmp_path / "run"
+    train(tiny_overrides(run, "trainer.max_epochs=1", "logger=tensorboard"))
+    first = {p: p.stat().st_size for p in (run / "tensorboard").rglob("events.out.tfevents.*")}
+    assert first
+    train(
+        tiny_overrides(
+            run,
+            "trainer.max_epochs=2",
+            "logger=tensorboard",
+            f"resume={run / 'checkpoints' / 'last.ckpt'}",
+        )
+    )
+    after = {p: p.stat().st_size for p in (run / "tensorboard").rglob("events.out.tfevents.*")}
+    assert all(after.get(p) == size for p, size in first.items()), "the first file is untouched"
+    assert len(after) == len(first) + 1, "the resumed session adds its own event file"
