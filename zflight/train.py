@@ -7,6 +7,7 @@ in the run directory written or the logger opened, so a bad input leaves a run a
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -204,7 +205,14 @@ def _print_summary(r: dict[str, Any], unwritten: str | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(train, argv, usage(TRAIN_USAGE))
+    code = run_command(train, argv, usage(TRAIN_USAGE))
+    if code >= 128:  # stopped by a signal: saved, loggers closed, lock released, line printed
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(
+            code
+        )  # skip the interpreter's teardown (seconds with torch loaded): grace is short
+    return code
 
 
 if __name__ == "__main__":
