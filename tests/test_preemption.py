@@ -82,7 +82,7 @@ def test_signal_saves_last_checkpoint_and_exits_128_plus_signal(tmp_path, moment
     ckpt = torch.load(last, weights_only=False)
     assert ckpt["epoch"] == 0 and ckpt["global_step"] >= 2  # the steps run before the signal
     assert "Traceback" not in err
-    assert latency < 60, latency  # 3-7 s measured on a loaded 2-core machine; 10 s is the goal
+    assert latency < 60, latency  # 0.7-2.9 s measured on a loaded 2-core machine; 10 s is the goal
     assert not (run / ".zflight.lock").exists()
 
 
