@@ -191,3 +191,27 @@ def test_p_true_caption_names_the_patch_and_says_when_it_changes_nothing():
     flat = torch.full((4, 4), 0.998)
     flat[0, 0] = 0.995
     assert occluded_caption("circle", flat) == "p(circle): no effect"
+
+
+class Blind(nn.Module):
+    """Logits that ignore the image: no patch changes anything."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.tensor([3.0, 0.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bias.expand(len(x), 2) + 0 * x.mean()
+
+
+def test_a_patch_that_changes_nothing_is_said_so_in_the_caption():
+    _, probe = _region_probe()
+    cb = Occlusion(size=K, stride=4, deconv=False, score_probes=0, strict=True)
+    with torch.no_grad():
+        fig = cb.analyze(Blind(), probe, FakeContext()).figures["panels"]
+    assert "On 2 of 2 images the patch changes p(true class) nowhere ('no effect')" in fig.caption
+    model, probe = _region_probe()
+    seeing = Occlusion(size=K, stride=4, feature_layer="conv1", deconv=False, strict=True)
+    with torch.no_grad():
+        fig = seeing.analyze(model, probe, FakeContext()).figures["panels"]
+    assert "no effect" not in fig.caption

@@ -133,10 +133,18 @@ class Occlusion(VisualizationCallback):
             if scored is probe
             else f"Scores use {len(scored.labels)} other validation images."
         )
+        flat = sum(is_flat(p) for p in maps.prob)
+        unmoved = (
+            f" On {flat} of {len(panels)} images the patch changes p(true class) nowhere "
+            "('no effect'): it is too small to hide what they are recognised by."
+            if flat
+            else ""
+        )
         text = (
             f"Occlusion of {len(panels)} probe images ({wrong} misclassified) by a grey "
             f"{self.size} px patch moved {self.stride} px at a time. Per image: "
             + self._shown("the true class", what, projections is not None)
+            + unmoved
             + " "
             + scores
         )
@@ -227,12 +235,16 @@ class Occlusion(VisualizationCallback):
         return "; ".join(shown) + "."
 
 
+def is_flat(prob: torch.Tensor, flat: float = 0.01) -> bool:
+    """Whether a p(true) map varies by less than ``flat``: the patch changed nothing anywhere."""
+    return float(prob.max()) - float(prob.min()) < flat
+
+
 def occluded_caption(true: str, prob: torch.Tensor, flat: float = 0.01) -> str:
-    """The p(true) tile's caption. When the map varies by less than ``flat`` the patch changes
-    nothing anywhere (too small for the object): the caption says so, since the colour then only
-    tints the picture (the image's own tile gives p(true), unchanged)."""
-    lo, hi = float(prob.min()), float(prob.max())
-    if hi - lo < flat:
+    """The p(true) tile's caption. When the map is flat (``is_flat``) the patch changes nothing
+    anywhere (too small for the object): the caption says so, since the colour then only tints
+    the picture (the image's own tile gives p(true), unchanged)."""
+    if is_flat(prob, flat):
         return f"p({true}): no effect"  # short: a tile is 128 px wide
     return f"p({true}) if the patch is here"
 
