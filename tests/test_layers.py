@@ -19,6 +19,7 @@ LAYERS = {
     "models": 0,
     "data": 0,
     "config": 0,
+    "schedules": 0,
     "module": 1,
     "callbacks": 1,
     "run": 2,

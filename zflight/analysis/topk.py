@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from zflight.analysis.deconvnet import Deconvnet, as_pair, receptive_field
+from zflight.analysis.stopping import checked
 
 
 @dataclass
@@ -288,7 +289,7 @@ def project_winners(
                 deconv.project(
                     images[i : i + chunk], layer, channels[i : i + chunk], positions[i : i + chunk]
                 )
-                for i in range(0, len(images), chunk)
+                for i in checked(range(0, len(images), chunk))
             ]
         )
         if len(images)
