@@ -31,11 +31,13 @@ RENORM = ("none", "zfnet", "both")
 @dataclass
 class AblationConfig:
     out: str = "runs/ablation"
-    seeds: int = 3
+    seeds: int = 5
     epochs: int = 10
     train_size: int = 16000
     fine_texture: bool = True
     lr: float = 0.05
+    conv1_std: float = 0.07
+    probes: int = 64
     renorm: str = "both"
     overwrite: bool = False
 
@@ -80,6 +82,7 @@ def arm_overrides(
         "optim.momentum=0.9",
         f"optim.lr={cfg.lr}",
         "optim.schedule=onecycle",
+        f"model.conv1_std={cfg.conv1_std}",
         f"run_dir={run_dir}",
         f"name=ablation-{model}-seed{seed}",
         "logger=csv",
@@ -88,6 +91,7 @@ def arm_overrides(
         "callbacks.filters._target_=zflight.callbacks.filter_health.FilterHealth",
         "callbacks.filters.layers=[conv1,conv2]",
         "callbacks.filters.every_n_epochs=1",
+        f"callbacks.filters.num_probes={cfg.probes}",
         f"callbacks.filters.warmup_epochs={cfg.epochs}",  # the report compares; no alerts
     ]
     if cfg.renorm == "both" or cfg.renorm == model:
