@@ -90,7 +90,7 @@ def arm_overrides(
         "callbacks=none",
         "callbacks.filters._target_=zflight.callbacks.filter_health.FilterHealth",
         "callbacks.filters.layers=[conv1,conv2]",
-        "callbacks.filters.every_n_epochs=1",
+        "callbacks.filters.every_n_epochs=2",
         f"callbacks.filters.num_probes={cfg.probes}",
         f"callbacks.filters.warmup_epochs={cfg.epochs}",  # the report compares; no alerts
     ]

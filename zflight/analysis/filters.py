@@ -1,41 +1,51 @@
 """Filter health of a conv layer (Zeiler & Fergus, Fig. 6): what training did to each filter.
 
-Pure functions of a conv weight (C_out, C_in, k, k), plus optional activation statistics and the
-filters' initial weights, computed in fp32/fp64 whatever the weight's dtype. Per filter: RMS,
-movement (cosine to its start), band shares and aliasing on the absolute axis of
-``zflight.analysis.spectrum``, duplicates by cosine. Statuses, in precedence:
+Pure functions of a conv weight (C_out, C_in, k, k), plus optional activation statistics, the
+filters' initial weights and the statuses of the previous analysis, computed in fp32/fp64 whatever
+the weight's dtype. Per filter: RMS; movement, as the share of its energy outside its start's
+direction (1 - cos^2 to the start); structure, as its spectral entropy against white noise of the
+same shape (needs no start); peak frequency, band shares and aliasing on the absolute axis of
+``zflight.analysis.spectrum``; duplicates by cosine. Statuses, in precedence:
 
-- dead: collapsed (RMS below a fraction of the layer's 90th-percentile RMS, so a layer where most
-  filters collapsed still has a reference) or never positive on the data;
-- untrained: still near its start (cosine to its initial weights above ``untrained_cosine``);
-- aliased: trained, and its energy above Nyquist well over white noise at that stride
-  (``alias_excess`` of the way from the white-noise share to 1);
+- dead: collapsed (RMS below ``dead_fraction`` of the layer's 90th-percentile RMS) or never
+  positive on the data;
+- untrained: kept its random start while the rest of its layer learned. Calibrated per layer
+  against what learning does to that layer: its movement is below ``untrained_fraction`` of the
+  layer's median movement (or below ``untrained_floor``: a layer frozen at its start). conv1 from
+  a small start moves most of the way (movement 0.5-0.99), conv2 from a Kaiming start a few
+  percent (0.02-0.15 in the default run) while it learns arcs and corners: one cosine threshold
+  cannot serve both;
+- aliased: trained, with a structured pattern and more than ``alias_share`` of the energy training
+  gave it (the part orthogonal to its start; the whole filter without a start) above the layer's
+  Nyquist frequency 1/(2 stride): a Gabor at 0.2 cycles/px reads aliased at stride 4 and ok at
+  stride 2. A random start is above Nyquist too (0.93 of white noise's energy at stride 4), but it
+  is not what training did;
 - duplicate: cosine above a threshold with an earlier filter;
 - ok.
 
-Calibration of ``untrained_cosine = 0.5``: a filter w = start + learned with cos(w, start) = c
-keeps c^2 of its energy in the start direction. At c = 0.5 the learned part holds 75%, enough for
-the spectral verdicts to read the learned structure: a grating at 0.45 cycles/px mixed with its
-random start at that cosine keeps an alias excess of 0.70 (7x7, stride 2) and 0.78 (11x11,
-stride 4), over the 0.5 threshold, and a smooth Gabor below Nyquist stays far below 0
-(tests/test_filters.py builds these mixtures on both sides of the threshold).
+A status changes only when its value crosses the threshold by a margin (``hysteresis``, relative)
+if the previous statuses are given: a value that hovers at a threshold does not flap.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from zflight.analysis.spectrum import (
+    BAND_EDGES,
     BANDS,
-    alias_excess,
     aliasing_scores,
     band_shares,
     noise_aliasing,
     noise_band_shares,
+    noise_entropy_floor,
+    peak_frequency,
     power_spectra,
+    spectral_entropy,
 )
 
 STATUSES = ("ok", "dead", "untrained", "aliased", "duplicate")
@@ -52,6 +62,20 @@ def cosine_to(weight: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
     a = F.normalize(weight.detach().double().flatten(1), dim=1, eps=1e-30)
     b = F.normalize(initial.detach().to(a.device).double().flatten(1), dim=1, eps=1e-30)
     return (a * b).sum(1).float()
+
+
+def movement(cos_start: torch.Tensor) -> torch.Tensor:
+    """(C,) share of each filter's energy outside its start's direction, 1 - cos^2: 0 at the start
+    (or only rescaled), 1 when nothing of the start's pattern is left."""
+    return 1 - cos_start.double().pow(2).float()
+
+
+def orthogonal_to(weight: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
+    """Each filter minus its projection on its initial weights: the pattern training added."""
+    w = weight.detach().double()
+    s = F.normalize(initial.detach().to(w.device).double().flatten(1), dim=1, eps=1e-30)
+    along = (w.flatten(1) * s).sum(1, keepdim=True)
+    return (w.flatten(1) - along * s).view_as(w).float()
 
 
 def cosine_matrix(weight: torch.Tensor) -> torch.Tensor:
@@ -113,10 +137,16 @@ class FilterReport:
     step: float
     rms: torch.Tensor
     cos_start: torch.Tensor | None
+    movement: torch.Tensor | None
+    untrained_below: float
     aliasing: torch.Tensor
+    aliasing_learned: torch.Tensor
     aliasing_noise: float
     bands: torch.Tensor
     bands_noise: torch.Tensor
+    peak: torch.Tensor
+    entropy: torch.Tensor
+    entropy_noise: float
     dead: torch.Tensor
     untrained: torch.Tensor
     aliased: torch.Tensor
@@ -131,9 +161,9 @@ class FilterReport:
         return self.duplicate_of >= 0
 
     @property
-    def excess(self) -> torch.Tensor:
-        """(C,) aliasing relative to white noise at this stride (see ``alias_excess``)."""
-        return alias_excess(self.aliasing, self.aliasing_noise)
+    def structured(self) -> torch.Tensor:
+        """(C,) spectral entropy far below white noise's (``noise_entropy_floor``; needs no start)."""
+        return self.entropy < self.entropy_noise
 
     @property
     def status(self) -> torch.Tensor:
@@ -151,35 +181,44 @@ class FilterReport:
         return {name: int((status == i).sum()) for i, name in enumerate(STATUSES)}
 
     def scalars(self) -> dict[str, float]:
-        """Status fractions (of all filters, by precedence), median cosine to the start, mean band
-        shares and aliasing share of the live filters, each over white noise's (``band_mid_rel``,
-        ``aliasing_rel``: 1 = as much as noise), effective rank, share at the RMS radius,
-        never-active share when known."""
+        """Status fractions (of all filters, by precedence); ``unstructured`` (share of live filters
+        whose spectrum is as flat as white noise's); median cosine to the start and movement; mean
+        band shares of the live filters, mid over white noise's (``band_mid_rel``); median peak
+        frequency (cycles per input pixel) and share of live filters peaking in the mid band; mean
+        share above Nyquist and over white noise's (``aliasing_rel``); effective rank; share at the
+        RMS radius; never-active share when known."""
         n = len(self.rms)
         counts = self.counts()
         live = ~self.dead
         n_live = max(int(live.sum()), 1)
         mean_alias = float(self.aliasing[live].sum()) / n_live
-        mid_noise = float(self.bands_noise[1])
+        peak = self.peak[live]
         out = {name: counts[name] / n for name in STATUSES if name != "ok"}
         out.update(
             {
+                "unstructured": float((~self.structured & live).sum()) / n_live,
                 "anti_pairs": float(len(self.anti_pairs)),
                 **{
                     f"band_{b}": float(self.bands[live, i].sum()) / n_live
                     for i, b in enumerate(BANDS)
                 },
-                "band_mid_rel": _ratio(float(self.bands[live, 1].sum()) / n_live, mid_noise),
+                "band_mid_rel": _ratio(
+                    float(self.bands[live, 1].sum()) / n_live, float(self.bands_noise[1])
+                ),
+                "peak_freq": float(peak.median()) if len(peak) else math.nan,
+                "peak_mid": float(((peak >= BAND_EDGES[0]) & (peak < BAND_EDGES[1])).sum())
+                / n_live,
                 "aliasing_mean": mean_alias,
                 "aliasing_rel": _ratio(mean_alias, self.aliasing_noise),
                 "effective_rank": self.effective_rank,
                 "at_radius": float(self.at_radius.float().mean()),
             }
         )
-        if self.cos_start is None:
+        if self.cos_start is None or self.movement is None:
             del out["untrained"]
         else:
             out["cos_start"] = float(self.cos_start.median())
+            out["movement"] = float(self.movement.median())
         if self.never_active is not None:
             out["never_active"] = float(self.never_active.float().mean())
         return out
@@ -190,6 +229,13 @@ def _ratio(value: float, reference: float) -> float:
     return value / reference if reference > 0 else 0.0
 
 
+def _was(previous: torch.Tensor | None, status: int, like: torch.Tensor) -> torch.Tensor:
+    """(C,) bool: the filter had ``status`` in the previous analysis (all False without one)."""
+    if previous is None:
+        return torch.zeros_like(like, dtype=torch.bool)
+    return previous.to(like.device) == status
+
+
 def filter_health(
     weight: torch.Tensor,
     stride: int,
@@ -197,37 +243,63 @@ def filter_health(
     step: float = 1.0,
     initial: torch.Tensor | None = None,
     positive: torch.Tensor | None = None,
+    previous: torch.Tensor | None = None,
     dead_fraction: float = 0.1,
-    untrained_cosine: float = 0.5,
-    alias_excess_threshold: float = 0.5,
+    untrained_fraction: float = 1 / 3,
+    untrained_floor: float = 1e-3,
+    alias_share: float = 0.5,
+    structure_z: float = 6.0,
     duplicate_threshold: float = 0.9,
+    hysteresis: float = 0.2,
     radius: float = 0.1,
     n_fft: int = 64,
 ) -> FilterReport:
     """Diagnose every filter of a conv layer with weight (C, C_in, k, k) applied at ``stride``.
 
     ``step``: input pixels between the layer's taps (1 for conv1), for the absolute frequency axis.
-    ``initial``: the filters at the start of training; without it no filter is called untrained.
-    ``positive``: summed ``positive_counts`` of the layer's output on validation data.
-    Dead: RMS below ``dead_fraction`` of the layer's 90th-percentile RMS, or never positive. Untrained: cosine to the
-    start above ``untrained_cosine``. Aliased: not dead nor untrained, and ``alias_excess`` above
-    ``alias_excess_threshold``. Duplicate: cosine above ``duplicate_threshold`` with an earlier
-    filter, among filters neither dead nor untrained. At radius: RMS within 0.1% of ``radius``.
+    ``initial``: the filters at the start of training; without it no filter is called untrained
+    and aliasing is judged on the whole filter. ``positive``: summed ``positive_counts`` of the
+    layer's output on validation data. ``previous``: the statuses of the last analysis; a filter
+    keeps a status until its value is ``hysteresis`` (relative) past the threshold.
+    Dead: RMS below ``dead_fraction`` of the layer's 90th-percentile RMS, or never positive.
+    Untrained: movement below ``untrained_fraction`` of the layer's median movement (of the
+    filters not dead), or below ``untrained_floor``. Aliased: not dead nor untrained,
+    structured (spectral entropy ``structure_z`` standard deviations below white noise's), and more than
+    ``alias_share`` of its learned energy above Nyquist. Duplicate: cosine above
+    ``duplicate_threshold`` with an earlier filter, among filters neither dead nor untrained. At
+    radius: RMS within 0.1% of ``radius``.
     """
+    h = hysteresis
     rms = filter_rms(weight)
-    dead = rms < dead_fraction * torch.quantile(rms, 0.9)
+    collapse = dead_fraction * torch.quantile(rms, 0.9)
+    dead = rms < torch.where(_was(previous, DEAD, rms), collapse * (1 + h), collapse)
     never = None
     if positive is not None:
         never = positive.to(rms.device) == 0
         dead = dead | never
-    cos_start = None if initial is None else cosine_to(weight, initial).to(rms.device)
-    untrained = (
-        torch.zeros_like(dead) if cos_start is None else (cos_start > untrained_cosine) & ~dead
-    )
+    cos_start = moved = None
+    untrained = torch.zeros_like(dead)
+    untrained_below = 0.0
+    learned = weight
+    if initial is not None:
+        cos_start = cosine_to(weight, initial).to(rms.device)
+        moved = movement(cos_start)
+        reference = moved[~dead].median() if bool((~dead).any()) else moved.max()
+        untrained_below = max(untrained_fraction * float(reference), untrained_floor)
+        limit = torch.where(
+            _was(previous, UNTRAINED, moved), untrained_below * (1 + h), untrained_below
+        )
+        untrained = (moved < limit) & ~dead
+        learned = orthogonal_to(weight, initial).to(weight.device)
     power = power_spectra(weight, n_fft)
+    learned_power = power if initial is None else power_spectra(learned, n_fft)
     aliasing = aliasing_scores(weight, stride, power=power)
-    noise = noise_aliasing(stride, n_fft)
-    aliased = (alias_excess(aliasing, noise) > alias_excess_threshold) & ~dead & ~untrained
+    aliasing_learned = aliasing_scores(learned, stride, power=learned_power)
+    entropy = spectral_entropy(power)
+    entropy_noise = noise_entropy_floor(tuple(weight.shape[1:]), structure_z, n_fft)
+    structured_learned = spectral_entropy(learned_power) < entropy_noise
+    share = torch.where(_was(previous, ALIASED, rms), alias_share * (1 - h), alias_share)
+    aliased = (aliasing_learned > share) & structured_learned & ~dead & ~untrained
     duplicate_of, anti = duplicates(weight, duplicate_threshold, ignore=dead | untrained)
     return FilterReport(
         kernel=max(weight.shape[-2:]),
@@ -235,10 +307,16 @@ def filter_health(
         step=step,
         rms=rms,
         cos_start=cos_start,
+        movement=moved,
+        untrained_below=untrained_below,
         aliasing=aliasing,
-        aliasing_noise=noise,
+        aliasing_learned=aliasing_learned,
+        aliasing_noise=noise_aliasing(stride, n_fft),
         bands=band_shares(weight, step, power=power),
         bands_noise=noise_band_shares(step, n_fft),
+        peak=peak_frequency(power, step),
+        entropy=entropy,
+        entropy_noise=entropy_noise,
         dead=dead,
         untrained=untrained,
         aliased=aliased,

@@ -32,8 +32,8 @@ STATUS_COLOURS = {
 STATUS_MEANING = {
     "ok": "ok",
     "dead": "dead (collapsed or never active)",
-    "untrained": "untrained (still near its random start)",
-    "aliased": "aliased (trained, energy above Nyquist)",
+    "untrained": "untrained (kept its random start while its layer learned)",
+    "aliased": "aliased (learned a pattern mostly above Nyquist)",
     "duplicate": "duplicate of an earlier filter",
 }
 NYQUIST_COLOUR = (0, 220, 255)
@@ -43,8 +43,9 @@ FRAME = 3
 
 def filter_tiles(weight: torch.Tensor, status: torch.Tensor, tile: int = 64) -> list[np.ndarray]:
     """One tile per filter, each contrast-normalised on its own (its min black, its max white) and
-    enlarged to at least ``tile`` pixels, framed in its status colour. RGB for 3 input channels,
-    otherwise the input channel with the most energy, in gray; an all-zero filter is flat gray."""
+    enlarged to at least ``tile`` pixels, framed in its status colour. RGB for 3 input channels
+    (pass a deeper layer's ``linear_view``), otherwise the input channel with the most energy, in
+    gray; an all-zero filter is flat gray."""
     w = weight.detach().float().cpu()
     if w.shape[1] != 3:
         strongest = w.pow(2).sum((2, 3)).argmax(1)
@@ -63,9 +64,15 @@ def filter_tiles(weight: torch.Tensor, status: torch.Tensor, tile: int = 64) -> 
 
 
 def filter_grid(
-    weight: torch.Tensor, report: FilterReport, title: str, ncols: int = 12, tile: int = 64
+    weight: torch.Tensor,
+    report: FilterReport,
+    title: str,
+    ncols: int = 12,
+    tile: int = 64,
+    view: str | None = None,
 ) -> np.ndarray:
-    """Every filter of a layer (``filter_tiles``), a legend of the frame colours and a title."""
+    """Every filter of a layer (``filter_tiles``), a legend of the frame colours and a title.
+    ``view`` says how ``weight`` shows a deeper layer's filters (e.g. its ``linear_view``)."""
     panel = grid(filter_tiles(weight, report.status, tile), ncols)
     counts = report.counts()
     entries = [(STATUS_COLOURS[s], f"{STATUS_MEANING[s]}: {counts[s]}") for s in STATUSES]
@@ -73,6 +80,16 @@ def filter_grid(
         "Each filter is contrast-normalised on its own (its minimum black, its maximum white), "
         "so shapes are visible whatever the filter's size; the frame colour is its status."
     )
+    if view:
+        note = f"{view} {note}"
+    elif weight.shape[1] != 3:
+        note = f"Each tile: the input channel with the most energy, in gray. {note}"
+    if report.movement is not None:
+        note += (
+            f" Untrained: moved (1 - cos^2 to its start) under {report.untrained_below:.3g}, a "
+            f"third of this layer's median {float(report.movement.median()):.3g}; median cosine "
+            f"to the start {float(report.cos_start.median()):.2f}."
+        )
     return title_bar(vstack([panel, legend(entries, panel.shape[1])]), title, note)
 
 

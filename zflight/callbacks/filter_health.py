@@ -16,6 +16,7 @@ from torch import nn
 from typing_extensions import override
 
 from zflight.analysis.deconvnet import receptive_field, resolve_layer
+from zflight.analysis.filter_views import linear_view
 from zflight.analysis.filters import FilterReport, filter_health, positive_counts
 from zflight.analysis.gridding import gridding_of
 from zflight.analysis.images import grid, resize, symmetric_to_uint8, title_bar
@@ -47,8 +48,11 @@ class FilterHealth(VisualizationCallback):
 
     Args:
         layers: conv layers to diagnose (names for ``model.layer`` or ``named_modules``).
-        dead_fraction, untrained_cosine, alias_excess_threshold, duplicate_threshold, radius,
-            n_fft: see ``zflight.analysis.filters.filter_health``.
+        dead_fraction, untrained_fraction, untrained_floor, alias_share, structure_z,
+            duplicate_threshold, hysteresis, radius, n_fft: see
+            ``zflight.analysis.filters.filter_health``. Each layer's statuses of the last analysis
+            are kept (in the checkpoint too), so a status changes only past its threshold by the
+            ``hysteresis`` margin.
         alert_thresholds: metric (or ``<layer>/<metric>``) -> value; when a layer's value rises
             above it after ``warmup_epochs`` epochs, one rank-zero warning saying what to try
             (and a W&B alert when a run is online). Merged over ``DEFAULT_ALERTS`` (``.inf``
@@ -73,9 +77,12 @@ class FilterHealth(VisualizationCallback):
         layers: Sequence[str] = ("conv1",),
         *,
         dead_fraction: float = 0.1,
-        untrained_cosine: float = 0.5,
-        alias_excess_threshold: float = 0.5,
+        untrained_fraction: float = 0.5,
+        untrained_floor: float = 0.02,
+        alias_share: float = 0.5,
+        structure_z: float = 6.0,
         duplicate_threshold: float = 0.9,
+        hysteresis: float = 0.2,
         radius: float = 0.1,
         n_fft: int = 64,
         alert_thresholds: Mapping[str, float] | None = None,
@@ -91,9 +98,12 @@ class FilterHealth(VisualizationCallback):
         self.layers = list(layers)
         self.options = {
             "dead_fraction": dead_fraction,
-            "untrained_cosine": untrained_cosine,
-            "alias_excess_threshold": alias_excess_threshold,
+            "untrained_fraction": untrained_fraction,
+            "untrained_floor": untrained_floor,
+            "alias_share": alias_share,
+            "structure_z": structure_z,
             "duplicate_threshold": duplicate_threshold,
+            "hysteresis": hysteresis,
             "radius": radius,
             "n_fft": n_fft,
         }
@@ -109,6 +119,7 @@ class FilterHealth(VisualizationCallback):
         self.ncols = ncols
         self.above: dict[str, bool] = {}
         self.initial: dict[str, torch.Tensor] = {}
+        self.previous: dict[str, torch.Tensor] = {}
         self.initial_trunk: dict[str, torch.Tensor] = {}
         self.start_epoch: int | None = None
         self._start_gridding: float | None = None
@@ -141,6 +152,7 @@ class FilterHealth(VisualizationCallback):
             "initial": dict(self.initial),
             "initial_trunk": dict(self.initial_trunk),
             "start_epoch": self.start_epoch,
+            "previous": dict(self.previous),
         }
 
     @override
@@ -150,6 +162,7 @@ class FilterHealth(VisualizationCallback):
         self.initial = dict(state_dict.get("initial", {}))
         self.initial_trunk = dict(state_dict.get("initial_trunk", {}))
         self.start_epoch = state_dict.get("start_epoch")
+        self.previous = dict(state_dict.get("previous", {}))
         self._start_gridding = None
 
     # ---- streaming: never-positive channels over the validation loop -----------------------------
@@ -193,11 +206,14 @@ class FilterHealth(VisualizationCallback):
                 step=step,
                 initial=self.initial.get(name),
                 positive=positive,
+                previous=self.previous.get(name),
                 **self.options,
             )
+            self.previous[name] = report.status.cpu()
             title = f"{name}: {len(report.rms)} filters {report.kernel}x{report.kernel}, stride {stride}"
+            shown, view = self._shown(model, name, conv.weight)
             figures[f"{name}/filters"] = Figure(
-                filter_grid(conv.weight, report, title, self.ncols), _summary(name, report)
+                filter_grid(shown, report, title, self.ncols, view=view), _summary(name, report)
             )
             figures[f"{name}/spectra"] = Figure(
                 spectra_figure(conv.weight, stride, step, f"{name} spectra", self.ncols),
@@ -216,6 +232,25 @@ class FilterHealth(VisualizationCallback):
         if self.gridding_layer is None or not isinstance(features, nn.Sequential):
             return None
         return features[: resolve_layer(features, self.gridding_layer) + 1]
+
+    def _shown(
+        self, model: nn.Module, name: str, weight: torch.Tensor
+    ) -> tuple[torch.Tensor, str | None]:
+        """What the filter grid draws: the weights of a layer on the image's colours, else the
+        filters seen in input pixels (``linear_view``) when the model has a ``features`` trunk."""
+        features = getattr(model, "features", None)
+        if weight.shape[1] == 3 or not isinstance(features, nn.Sequential):
+            return weight, None
+        if name not in features._modules:
+            return weight, None
+        view = linear_view(features, name)
+        size = view.shape[-1]
+        return view, (
+            f"Each tile: the filter seen in input pixels ({size} px, its receptive field), its "
+            f"{weight.shape[1]} input channels reduced through the layers below as linear maps "
+            "(each channel becomes its conv1 filter, each tap spreads over its pooling window; "
+            "ReLU and LRN left out): the colour pattern its response grows with most."
+        )
 
     def _step(self, model: nn.Module, name: str) -> float:
         """Input pixels between the taps of layer ``name``: the cumulative stride below it."""
