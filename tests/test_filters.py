@@ -459,3 +459,15 @@ def test_crop_windows_clip_to_the_image_and_trim_to_whole_periods():
     # a window with under two periods left inside the image is dropped
     kept = crop_windows(images, torch.tensor([17, 0]), torch.tensor([0, 0]), 11, 4)
     assert len(kept) == 1 and torch.equal(kept[0], images[1, :, 0:8, 0:8])
+
+
+def test_a_dead_channel_stays_dead_until_it_is_active_on_a_real_share_of_the_data():
+    w = torch.randn(4, 3, 7, 7, generator=torch.Generator().manual_seed(29))
+    positive = torch.tensor([500, 0, 3, 40])  # of 100,000 entries per channel
+    fresh = filter_health(w, 2, positive=positive, observed=100_000)
+    assert fresh.dead.tolist() == [False, True, False, False]
+    was = torch.tensor([OK, DEAD, DEAD, DEAD])
+    kept = filter_health(w, 2, positive=positive, observed=100_000, previous=was)
+    # 3 positives (0.003%) do not revive a dead channel; 40 (0.04%) do: above 1e-4
+    assert kept.dead.tolist() == [False, True, True, False]
+    assert kept.scalars()["never_active"] == pytest.approx(0.5)

@@ -48,3 +48,13 @@ def test_seeds_needed_grows_as_the_effect_shrinks_against_the_spread():
     assert seeds_needed(3.0, 1.0) == 4
     assert seeds_needed(0.012, 0.010) == 8
     assert seeds_needed(0.0, 1.0) == 1000
+
+
+def test_status_changes_count_changes_and_flaps():
+    from zflight.analysis.stats import status_changes
+
+    # filter 0: 0 0 0 0; filter 1: 0 2 0 2 (three changes, two flaps); filter 2: 0 1 1 1 (one
+    # change that stays)
+    history = [[0, 0, 0], [0, 2, 1], [0, 0, 1], [0, 2, 1]]
+    assert status_changes(history) == (4, 9, 2, 6)
+    assert status_changes([[1, 2]]) == (0, 0, 0, 0) and status_changes([]) == (0, 0, 0, 0)

@@ -30,6 +30,8 @@ def load_network(ckpt: dict[str, Any]) -> tuple[nn.Module, Any]:
     from zflight.run import build
 
     cfg = OmegaConf.create(ckpt[CONFIG_KEY])
+    if cfg.data.name == "shapes" and "texture_labels" not in cfg.data:  # saved before the key
+        cfg.data.texture_labels = False
     num_classes = int(cfg.data.num_classes) if cfg.data.name == "shapes" else None
     state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     if num_classes is None:
@@ -60,15 +62,19 @@ def validation_images(cfg: Any, count: int | None = None) -> tuple[torch.Tensor,
 
 
 @torch.no_grad()
-def never_positive(trunk: nn.Sequential, layers: list[str], images: torch.Tensor) -> dict:
-    """Summed ``positive_counts`` of each layer's output over ``images`` (batches of 256)."""
-    counts: dict[str, torch.Tensor] = {}
+def never_positive(
+    trunk: nn.Sequential, layers: list[str], images: torch.Tensor
+) -> dict[str, tuple[torch.Tensor, int]]:
+    """Per layer: summed ``positive_counts`` of its output over ``images`` (batches of 256) and
+    the entries counted per channel."""
+    counts: dict[str, tuple[torch.Tensor, int]] = {}
+
+    def count(name: str, output: torch.Tensor) -> None:
+        before, entries = counts.get(name, (0, 0))
+        counts[name] = (before + positive_counts(output), entries + output[:, 0].numel())
+
     hooks = [
-        trunk._modules[name].register_forward_hook(
-            lambda m, i, o, name=name: counts.__setitem__(
-                name, counts.get(name, 0) + positive_counts(o)
-            )
-        )
+        trunk._modules[name].register_forward_hook(lambda m, i, o, name=name: count(name, o))
         for name in layers
     ]
     try:
@@ -84,7 +90,7 @@ def layer_report(
     model: nn.Module,
     name: str,
     start: dict[str, Any],
-    positive: torch.Tensor | None,
+    positive: tuple[torch.Tensor, int] | None,
     **options: Any,
 ) -> FilterReport:
     """``filter_health`` of one conv layer of ``model``, against its start when the state has one."""
@@ -96,7 +102,8 @@ def layer_report(
         conv.stride[0],
         step=step,
         initial=start.get("initial", {}).get(name),
-        positive=positive,
+        positive=None if positive is None else positive[0],
+        observed=None if positive is None else positive[1],
         **options,
     )
 

@@ -243,8 +243,10 @@ def filter_health(
     step: float = 1.0,
     initial: torch.Tensor | None = None,
     positive: torch.Tensor | None = None,
+    observed: int | None = None,
     previous: torch.Tensor | None = None,
     dead_fraction: float = 0.1,
+    revive_share: float = 1e-4,
     untrained_fraction: float = 1 / 3,
     untrained_floor: float = 1e-3,
     alias_share: float = 0.5,
@@ -259,7 +261,8 @@ def filter_health(
     ``step``: input pixels between the layer's taps (1 for conv1), for the absolute frequency axis.
     ``initial``: the filters at the start of training; without it no filter is called untrained
     and aliasing is judged on the whole filter. ``positive``: summed ``positive_counts`` of the
-    layer's output on validation data. ``previous``: the statuses of the last analysis; a filter
+    layer's output on validation data, over ``observed`` entries per channel (when known, a
+    channel dead before stays dead until positive on more than ``revive_share`` of them). ``previous``: the statuses of the last analysis; a filter
     keeps a status until its value is ``hysteresis`` (relative) past the threshold.
     Dead: RMS below ``dead_fraction`` of the layer's 90th-percentile RMS, or never positive.
     Untrained: movement below ``untrained_fraction`` of the layer's median movement (of the
@@ -275,7 +278,10 @@ def filter_health(
     dead = rms < torch.where(_was(previous, DEAD, rms), collapse * (1 + h), collapse)
     never = None
     if positive is not None:
-        never = positive.to(rms.device) == 0
+        positive = positive.to(rms.device)
+        never = positive == 0
+        if observed:
+            never = never | (_was(previous, DEAD, rms) & (positive <= revive_share * observed))
         dead = dead | never
     cos_start = moved = None
     untrained = torch.zeros_like(dead)

@@ -113,3 +113,17 @@ def seeds_needed(
         ):
             return n
     return most
+
+
+def status_changes(history: list[list[int]]) -> tuple[int, int, int, int]:
+    """(changes, possible changes, flaps, possible flaps) in per-epoch statuses of the same
+    filters (``history[e][i]``: filter i at analysis e). A change: a status differs from the
+    previous analysis's. A flap: a change undone at the next analysis (A, B, A)."""
+    changes = flaps = 0
+    for e in range(1, len(history)):
+        for i, (before, now) in enumerate(zip(history[e - 1], history[e])):
+            changes += before != now
+            if e + 1 < len(history):
+                flaps += before != now and history[e + 1][i] == before
+    n = len(history[0]) if history else 0
+    return changes, n * max(len(history) - 1, 0), flaps, n * max(len(history) - 2, 0)

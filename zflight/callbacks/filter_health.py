@@ -125,6 +125,7 @@ class FilterHealth(VisualizationCallback):
         self._start_gridding: float | None = None
         self._positive: dict[str, torch.Tensor] = {}
         self._counted: dict[str, int] = {}
+        self._entries: dict[str, int] = {}
 
     # ---- the start -------------------------------------------------------------------------------
     @override
@@ -170,6 +171,7 @@ class FilterHealth(VisualizationCallback):
     def reset_stream(self) -> None:
         self._positive = {}
         self._counted = {}
+        self._entries = {}
 
     @override
     def stream_hooks(self, model: nn.Module) -> list[tuple[nn.Module, Callable]]:
@@ -182,6 +184,7 @@ class FilterHealth(VisualizationCallback):
             if self._counted.get(name, 0) >= self.stats_images:
                 return
             self._counted[name] = self._counted.get(name, 0) + output.shape[0]
+            self._entries[name] = self._entries.get(name, 0) + output[:, 0].numel()
             counts = positive_counts(output)
             self._positive[name] = (
                 self._positive[name] + counts if name in self._positive else counts
@@ -197,8 +200,11 @@ class FilterHealth(VisualizationCallback):
         for name in self.layers:
             conv = find_layer(model, name)
             positive = self._positive.get(name) if self.activation_stats else None
-            if positive is not None:
-                positive = ctx.all_gather(positive[None]).sum(0)
+            observed = None
+            if positive is not None:  # counts per channel and the entries counted, over ranks
+                entries = positive.new_tensor([self._entries.get(name, 0)])
+                summed = ctx.all_gather(torch.cat([positive, entries])[None]).sum(0)
+                positive, observed = summed[:-1], int(summed[-1])
             stride, step = _stride(conv), self._step(model, name)
             report = filter_health(
                 conv.weight,
@@ -206,6 +212,7 @@ class FilterHealth(VisualizationCallback):
                 step=step,
                 initial=self.initial.get(name),
                 positive=positive,
+                observed=observed,
                 previous=self.previous.get(name),
                 **self.options,
             )
