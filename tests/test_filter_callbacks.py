@@ -394,3 +394,18 @@ def test_activation_statistics_stop_after_stats_images(tmp_path):
     assert cb._counted["conv1"] >= 8 and len(first) < 12, "stopped after the batch that reached 8"
     direct = model.features.conv1(first) > 0
     assert int(cb._positive["conv1"].sum()) == int(direct.sum())
+
+
+def test_conv2_tiles_show_each_filter_in_input_pixels_and_say_how():
+    from zflight.analysis.filter_views import linear_view
+    from zflight.callbacks.filter_figures import shown_filters
+
+    model = tiny_zfnet()
+    w2 = model.features.conv2.weight
+    shown, note = shown_filters(model.features, "conv2", w2)
+    assert shown.shape == (w2.shape[0], 3, 27, 27)  # ZFNet's conv2 receptive field
+    assert torch.equal(shown, linear_view(model.features, "conv2"))
+    assert f"its {w2.shape[1]} input channels reduced" in note
+    w1 = model.features.conv1.weight
+    assert shown_filters(model.features, "conv1", w1) == (w1, None)
+    assert shown_filters(None, "conv2", w2) == (w2, None)  # no trunk: the strongest channel

@@ -7,7 +7,9 @@ import math
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from torch import nn
 
+from zflight.analysis.filter_views import linear_view
 from zflight.analysis.filters import STATUSES, FilterReport
 from zflight.analysis.images import (
     colormap,
@@ -61,6 +63,25 @@ def filter_tiles(weight: torch.Tensor, status: torch.Tensor, tile: int = 64) -> 
         img = resize(img, (img.shape[0] * factor, img.shape[1] * factor))
         tiles.append(_frame(img, STATUS_COLOURS[STATUSES[s]]))
     return tiles
+
+
+def shown_filters(
+    features: nn.Module | None, name: str, weight: torch.Tensor
+) -> tuple[torch.Tensor, str | None]:
+    """What a filter grid draws: a layer's weights when they act on the image's colours, else
+    its filters seen in input pixels (``linear_view``) when there is a ``features`` trunk that
+    holds the layer; and the sentence that says how its input channels were reduced."""
+    if weight.shape[1] == 3 or not isinstance(features, nn.Sequential):
+        return weight, None
+    if name not in features._modules:
+        return weight, None
+    view = linear_view(features, name)
+    return view, (
+        f"Each tile: the filter seen in input pixels ({view.shape[-1]} px, its receptive field), "
+        f"its {weight.shape[1]} input channels reduced through the layers below as linear maps "
+        "(each channel becomes its conv1 filter, each tap spreads over its pooling window; ReLU "
+        "and LRN left out): the colour pattern its response grows with most."
+    )
 
 
 def filter_grid(

@@ -16,13 +16,12 @@ from torch import nn
 from typing_extensions import override
 
 from zflight.analysis.deconvnet import receptive_field, resolve_layer
-from zflight.analysis.filter_views import linear_view
 from zflight.analysis.filters import FilterReport, filter_health, positive_counts
 from zflight.analysis.gridding import gridding_of
 from zflight.analysis.images import grid, resize, symmetric_to_uint8, title_bar
 from zflight.callbacks.base import AnalysisContext, VisualizationCallback, network_of
 from zflight.callbacks.filter_alerts import ADVICE, DEFAULT_ALERTS, raise_alerts
-from zflight.callbacks.filter_figures import filter_grid, spectra_figure
+from zflight.callbacks.filter_figures import filter_grid, shown_filters, spectra_figure
 from zflight.callbacks.results import Figure, Probe, VizResult
 
 
@@ -218,7 +217,7 @@ class FilterHealth(VisualizationCallback):
             )
             self.previous[name] = report.status.cpu()
             title = f"{name}: {len(report.rms)} filters {report.kernel}x{report.kernel}, stride {stride}"
-            shown, view = self._shown(model, name, conv.weight)
+            shown, view = shown_filters(getattr(model, "features", None), name, conv.weight)
             figures[f"{name}/filters"] = Figure(
                 filter_grid(shown, report, title, self.ncols, view=view), _summary(name, report)
             )
@@ -239,25 +238,6 @@ class FilterHealth(VisualizationCallback):
         if self.gridding_layer is None or not isinstance(features, nn.Sequential):
             return None
         return features[: resolve_layer(features, self.gridding_layer) + 1]
-
-    def _shown(
-        self, model: nn.Module, name: str, weight: torch.Tensor
-    ) -> tuple[torch.Tensor, str | None]:
-        """What the filter grid draws: the weights of a layer on the image's colours, else the
-        filters seen in input pixels (``linear_view``) when the model has a ``features`` trunk."""
-        features = getattr(model, "features", None)
-        if weight.shape[1] == 3 or not isinstance(features, nn.Sequential):
-            return weight, None
-        if name not in features._modules:
-            return weight, None
-        view = linear_view(features, name)
-        size = view.shape[-1]
-        return view, (
-            f"Each tile: the filter seen in input pixels ({size} px, its receptive field), its "
-            f"{weight.shape[1]} input channels reduced through the layers below as linear maps "
-            "(each channel becomes its conv1 filter, each tap spreads over its pooling window; "
-            "ReLU and LRN left out): the colour pattern its response grows with most."
-        )
 
     def _step(self, model: nn.Module, name: str) -> float:
         """Input pixels between the taps of layer ``name``: the cumulative stride below it."""
