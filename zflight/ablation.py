@@ -39,6 +39,7 @@ RENORM = ("none", "zfnet", "both")
 class AblationConfig:
     out: str = "runs/ablation"
     seeds: int = 5
+    first_seed: int = 0
     epochs: int = 10
     train_size: int = 16000
     fine_texture: bool = True
@@ -149,7 +150,7 @@ def train_all(
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     results: dict[int, dict[str, dict[str, Any]]] = {}
-    for seed in range(cfg.seeds):
+    for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
         results[seed] = {}
         for arm in ARMS:
             t0 = time.perf_counter()
