@@ -273,7 +273,16 @@ def test_untrained_is_calibrated_per_layer_against_what_learning_moved():
     moves1 = [0.95] * 9 + [0.3] * 3
     r1 = filter_health(bank_with_movements(start1, moves1, 1), 2, initial=start1)
     assert r1.movement.tolist() == pytest.approx(moves1, abs=1e-5)
-    assert r1.untrained_below == pytest.approx(0.95 / 3, abs=1e-5)
+    assert r1.untrained_below == pytest.approx(0.75)  # the first layer's floor
+    # in a deeper layer (24 input channels) the same movements: a third of the median decides
+    deep = torch.randn(12, 24, 7, 7, generator=g)
+    r_deep = filter_health(bank_with_movements(deep, moves1, 4), 2, initial=deep)
+    assert r_deep.untrained_below == pytest.approx(0.95 / 3, abs=1e-5)
+    assert torch.nonzero(r_deep.untrained).flatten().tolist() == [9, 10, 11]
+    # a first layer that barely moved (5-13%: its pictures show the start) is untrained
+    moves = [0.05 + 0.01 * i for i in range(9)] + [0.13] * 3
+    barely = filter_health(bank_with_movements(start1, moves, 5), 2, initial=start1)
+    assert barely.status.tolist() == [UNTRAINED] * 12
     assert torch.nonzero(r1.untrained).flatten().tolist() == [9, 10, 11]
     # conv2-like: every filter learned, but moved only 2-15% of its energy off a large start
     # (cosine 0.92-0.99, "untrained" by any cosine threshold that suits conv1): none untrained
@@ -292,13 +301,14 @@ def test_a_status_changes_only_past_its_threshold_by_the_hysteresis_margin():
     start = torch.randn(10, 3, 7, 7, generator=g)
     # filter 9 sits just above the untrained threshold (0.95 / 3 = 0.317)
     w = bank_with_movements(start, [0.95] * 9 + [0.33], 3)
-    fresh = filter_health(w, 2, initial=start)
+    floor = {"untrained_floor": 1e-3}  # the relative threshold alone
+    fresh = filter_health(w, 2, initial=start, **floor)
     assert fresh.status[9] == OK
     was = torch.full((10,), OK)
     was[9] = UNTRAINED
-    assert filter_health(w, 2, initial=start, previous=was).status[9] == UNTRAINED
+    assert filter_health(w, 2, initial=start, previous=was, **floor).status[9] == UNTRAINED
     w2 = bank_with_movements(start, [0.95] * 9 + [0.4], 3)  # 0.4 > 1.2 x 0.317: it has left
-    assert filter_health(w2, 2, initial=start, previous=was).status[9] == OK
+    assert filter_health(w2, 2, initial=start, previous=was, **floor).status[9] == OK
 
 
 GABOR_FREQS = (0.03, 0.06, 0.09, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45)

@@ -221,10 +221,11 @@ def write_report(
         "",
         "## Reading the numbers",
         "",
-        "**Untrained** means the filter kept its random start while its layer learned: the share "
-        "of its energy outside its start's direction (1 − cos² to the start) is under a third of "
-        "its layer's median. It measures movement, not structure: a filter can move little and "
-        "still carry structure. **No structure** needs no start: the filter's power spectrum is "
+        "**Untrained** means the filter kept much of its random start: the share of its energy "
+        "outside its start's direction (1 − cos² to the start) is under 0.75 (cosine 0.5: the "
+        "start still holds a quarter of its energy and shows in its picture), or under a third of "
+        "its layer's median (it kept its start while the rest of its layer moved). It measures "
+        "movement, not structure: a filter can move little and still carry structure. **No structure** needs no start: the filter's power spectrum is "
         "as flat as white noise's (spectral entropy within 6 SD of the mean of 500 white-noise "
         "filters of its shape). **Dead**: collapsed (RMS under 0.1 x the layer's 90th percentile) "
         "or never positive on the validation set. **Aliased**: trained, and what training added "

@@ -9,12 +9,13 @@ same shape (needs no start); peak frequency, band shares and aliasing on the abs
 
 - dead: collapsed (RMS below ``dead_fraction`` of the layer's 90th-percentile RMS) or never
   positive on the data;
-- untrained: kept its random start while the rest of its layer learned. Calibrated per layer
-  against what learning does to that layer: its movement is below ``untrained_fraction`` of the
-  layer's median movement (or below ``untrained_floor``: a layer frozen at its start). conv1 from
-  a small start moves most of the way (movement 0.5-0.99), conv2 from a Kaiming start a few
-  percent (0.02-0.15 in the default run) while it learns arcs and corners: one cosine threshold
-  cannot serve both;
+- untrained: kept its random start. Calibrated per layer against what learning does to that
+  layer: its movement is below ``untrained_fraction`` of the layer's median movement (kept its
+  start while its layer learned), or below a floor. A layer on the image's colours (conv1) is its
+  own picture, and learning moves it most of the way (0.5-0.99 in the default run): its floor is
+  0.75, cosine 0.5 to the start, where the start still holds a quarter of the energy and shows.
+  A deeper layer learns while moving a few percent (conv2: 0.02-0.2 in the default run, with the
+  arcs and corners its deconvnet projections show): its floor is 0.001, a filter frozen there;
 - aliased: trained, with a structured pattern and more than ``alias_share`` of the energy training
   gave it (the part orthogonal to its start; the whole filter without a start) above the layer's
   Nyquist frequency 1/(2 stride): a Gabor at 0.2 cycles/px reads aliased at stride 4 and ok at
@@ -57,6 +58,8 @@ from zflight.analysis.spectrum import (
     spectral_entropy,
 )
 
+FIRST_LAYER_FLOOR = 0.75  # movement (1 - cos^2) under which a filter on the image shows its start
+DEEP_LAYER_FLOOR = 1e-3  # ... under which a deeper filter is frozen at its start
 STATUSES = ("ok", "dead", "untrained", "aliased", "duplicate")
 OK, DEAD, UNTRAINED, ALIASED, DUPLICATE = range(len(STATUSES))
 
@@ -181,7 +184,7 @@ def filter_health(
     dead_fraction: float = 0.1,
     revive_share: float = 1e-4,
     untrained_fraction: float = 1 / 3,
-    untrained_floor: float = 1e-3,
+    untrained_floor: float | None = None,
     alias_share: float = 0.5,
     structure_z: float = 6.0,
     duplicate_threshold: float = 0.9,
@@ -199,7 +202,8 @@ def filter_health(
     keeps a status until its value is ``hysteresis`` (relative) past the threshold.
     Dead: RMS below ``dead_fraction`` of the layer's 90th-percentile RMS, or never positive.
     Untrained: movement below ``untrained_fraction`` of the layer's median movement (of the
-    filters not dead), or below ``untrained_floor``. Aliased: not dead nor untrained,
+    filters not dead), or below ``untrained_floor`` (None: 0.75 for 3 input channels, the image's
+    colours, else 0.001). Aliased: not dead nor untrained,
     structured (spectral entropy ``structure_z`` standard deviations below white noise's), and more than
     ``alias_share`` of its learned energy above Nyquist. Duplicate: cosine above
     ``duplicate_threshold`` with an earlier filter, among filters neither dead nor untrained. At
@@ -224,7 +228,10 @@ def filter_health(
         cos_start = cosine_to(weight, initial).to(rms.device)
         moved = movement(cos_start)
         reference = moved[~dead].median() if bool((~dead).any()) else moved.max()
-        untrained_below = max(untrained_fraction * float(reference), untrained_floor)
+        floor = untrained_floor
+        if floor is None:
+            floor = FIRST_LAYER_FLOOR if weight.shape[1] == 3 else DEEP_LAYER_FLOOR
+        untrained_below = max(untrained_fraction * float(reference), floor)
         limit = torch.where(
             _was(previous, UNTRAINED, moved), untrained_below * (1 + h), untrained_below
         )

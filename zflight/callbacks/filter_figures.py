@@ -107,9 +107,10 @@ def filter_grid(
         note = f"Each tile: the input channel with the most energy, in gray. {note}"
     if report.movement is not None:
         note += (
-            f" Untrained: moved (1 - cos^2 to its start) under {report.untrained_below:.3g}, a "
-            f"third of this layer's median {float(report.movement.median()):.3g}; median cosine "
-            f"to the start {float(report.cos_start.median()):.2f}."
+            f" Untrained: moved (1 - cos^2 to its start) under {report.untrained_below:.3g} (this "
+            f"layer's floor, or a third of its median movement "
+            f"{float(report.movement.median()):.3g}); median cosine to the start "
+            f"{float(report.cos_start.median()):.2f}."
         )
     return title_bar(vstack([panel, legend(entries, panel.shape[1])]), title, note)
 

@@ -77,7 +77,7 @@ class FilterHealth(VisualizationCallback):
         *,
         dead_fraction: float = 0.1,
         untrained_fraction: float = 0.5,
-        untrained_floor: float = 0.02,
+        untrained_floor: float | None = None,
         alias_share: float = 0.5,
         structure_z: float = 6.0,
         duplicate_threshold: float = 0.9,
