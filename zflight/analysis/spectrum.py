@@ -101,15 +101,6 @@ def noise_band_shares(step: float = 1.0, n_fft: int = 64) -> torch.Tensor:
     return torch.stack([(band == b).float().mean() for b in range(len(BANDS))])
 
 
-def alias_excess(score: torch.Tensor | float, noise: float) -> torch.Tensor:
-    """(score - noise) / (1 - noise): 0 at white noise, 1 when all energy is above Nyquist,
-    negative below noise (a smooth filter). 0 where nothing can lie above Nyquist (stride 1)."""
-    score = torch.as_tensor(score, dtype=torch.float32)
-    if noise <= 0 or noise >= 1:
-        return torch.zeros_like(score)
-    return (score - noise) / (1 - noise)
-
-
 def spectral_entropy(power: torch.Tensor) -> torch.Tensor:
     """(C,) entropy of each (n, n) power spectrum taken as a distribution over its bins, divided by
     log(n^2): 1 for a flat spectrum (a single tap), 0 for all energy in one bin; 0 if all-zero."""
