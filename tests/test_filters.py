@@ -471,13 +471,20 @@ def test_crop_windows_clip_to_the_image_and_trim_to_whole_periods():
     assert len(kept) == 1 and torch.equal(kept[0], images[1, :, 0:8, 0:8])
 
 
-def test_a_dead_channel_stays_dead_until_it_is_active_on_a_real_share_of_the_data():
+def test_a_channel_that_almost_never_fires_is_dead_and_the_verdict_has_a_dead_band():
     w = torch.randn(4, 3, 7, 7, generator=torch.Generator().manual_seed(29))
-    positive = torch.tensor([500, 0, 3, 40])  # of 100,000 entries per channel
-    fresh = filter_health(w, 2, positive=positive, observed=100_000)
-    assert fresh.dead.tolist() == [False, True, False, False]
-    was = torch.tensor([OK, DEAD, DEAD, DEAD])
-    kept = filter_health(w, 2, positive=positive, observed=100_000, previous=was)
-    # 3 positives (0.003%) do not revive a dead channel; 40 (0.04%) do: above 1e-4
+    observed = 100_000  # entries per channel; dead at or below 1e-3 of them (100)
+    fresh = filter_health(w, 2, positive=torch.tensor([500, 0, 100, 101]), observed=observed)
+    assert fresh.dead.tolist() == [False, True, True, False]
+    assert fresh.scalars()["never_active"] == pytest.approx(0.5)
+    # with previous statuses activity must change by a factor of 2: dying needs at most 50,
+    # reviving over 200
+    was = torch.tensor([OK, DEAD, OK, DEAD])
+    counts = torch.tensor([95, 190, 50, 201])
+    kept = filter_health(w, 2, positive=counts, observed=observed, previous=was)
     assert kept.dead.tolist() == [False, True, True, False]
-    assert kept.scalars()["never_active"] == pytest.approx(0.5)
+    plain = filter_health(w, 2, positive=counts, observed=observed)
+    assert plain.dead.tolist() == [True, False, True, False]  # the plain line: 100
+    # without the entries counted, only a channel never positive is dead
+    unknown = filter_health(w, 2, positive=torch.tensor([0, 1, 2, 3]))
+    assert unknown.dead.tolist() == [True, False, False, False]

@@ -24,8 +24,8 @@ same shape (needs no start); peak frequency, band shares and aliasing on the abs
 - duplicate: cosine above a threshold with an earlier filter;
 - ok.
 
-A status changes only when its value crosses the threshold by a margin (``hysteresis``, relative)
-if the previous statuses are given: a value that hovers at a threshold does not flap.
+A status changes only when its value crosses the threshold by a margin (``hysteresis``, relative,
+both ways) if the previous statuses are given: a value that hovers at a threshold does not flap.
 """
 
 from __future__ import annotations
@@ -165,11 +165,25 @@ def _ratio(value: float, reference: float) -> float:
     return value / reference if reference > 0 else 0.0
 
 
-def _was(previous: torch.Tensor | None, status: int, like: torch.Tensor) -> torch.Tensor:
-    """(C,) bool: the filter had ``status`` in the previous analysis (all False without one)."""
+def _below(
+    value: torch.Tensor, limit: float, previous: torch.Tensor | None, status: int, h: float
+) -> torch.Tensor:
+    """(C,) value < limit, with a dead band when there are previous statuses: a filter that had
+    ``status`` keeps it below limit * (1 + h), one that had not needs limit * (1 - h)."""
     if previous is None:
-        return torch.zeros_like(like, dtype=torch.bool)
-    return previous.to(like.device) == status
+        return value < limit
+    was = previous.to(value.device) == status
+    return value < torch.where(was, limit * (1 + h), limit * (1 - h))
+
+
+def _above(
+    value: torch.Tensor, limit: float, previous: torch.Tensor | None, status: int, h: float
+) -> torch.Tensor:
+    """(C,) value > limit, with the dead band of ``_below``: kept above limit * (1 - h)."""
+    if previous is None:
+        return value > limit
+    was = previous.to(value.device) == status
+    return value > torch.where(was, limit * (1 - h), limit * (1 + h))
 
 
 def filter_health(
@@ -182,13 +196,13 @@ def filter_health(
     observed: int | None = None,
     previous: torch.Tensor | None = None,
     dead_fraction: float = 0.1,
-    revive_share: float = 1e-4,
+    dead_activity: float = 1e-3,
     untrained_fraction: float = 1 / 3,
     untrained_floor: float | None = None,
     alias_share: float = 0.5,
     structure_z: float = 6.0,
     duplicate_threshold: float = 0.9,
-    hysteresis: float = 0.2,
+    hysteresis: float = 0.1,
     radius: float = 0.1,
     n_fft: int = 64,
 ) -> FilterReport:
@@ -197,10 +211,12 @@ def filter_health(
     ``step``: input pixels between the layer's taps (1 for conv1), for the absolute frequency axis.
     ``initial``: the filters at the start of training; without it no filter is called untrained
     and aliasing is judged on the whole filter. ``positive``: summed ``positive_counts`` of the
-    layer's output on validation data, over ``observed`` entries per channel (when known, a
-    channel dead before stays dead until positive on more than ``revive_share`` of them). ``previous``: the statuses of the last analysis; a filter
-    keeps a status until its value is ``hysteresis`` (relative) past the threshold.
-    Dead: RMS below ``dead_fraction`` of the layer's 90th-percentile RMS, or never positive.
+    layer's output on validation data, over ``observed`` entries per channel. ``previous``: the
+    statuses of the last analysis; a filter changes status only when its value is ``hysteresis``
+    (relative) past the threshold. Dead: RMS below ``dead_fraction`` of the layer's
+    90th-percentile RMS, or positive on at most ``dead_activity`` of its entries (never positive
+    when ``observed`` is not given): a unit that almost never fires gets almost no gradient. With
+    previous statuses a dead unit revives above twice that, a live one dies below half.
     Untrained: movement below ``untrained_fraction`` of the layer's median movement (of the
     filters not dead), or below ``untrained_floor`` (None: 0.75 for 3 input channels, the image's
     colours, else 0.001). Aliased: not dead nor untrained,
@@ -212,13 +228,17 @@ def filter_health(
     h = hysteresis
     rms = filter_rms(weight)
     collapse = dead_fraction * torch.quantile(rms, 0.9)
-    dead = rms < torch.where(_was(previous, DEAD, rms), collapse * (1 + h), collapse)
+    dead = _below(rms, float(collapse), previous, DEAD, h)
     never = None
     if positive is not None:
         positive = positive.to(rms.device)
         never = positive == 0
         if observed:
-            never = never | (_was(previous, DEAD, rms) & (positive <= revive_share * observed))
+            share = positive.double() / observed
+            limit = torch.full_like(share, dead_activity)
+            if previous is not None:  # activity must change by a factor of 2 to change a verdict
+                limit = torch.where(previous.to(share.device) == DEAD, 2 * limit, limit / 2)
+            never = never | (share <= limit)
         dead = dead | never
     cos_start = moved = None
     untrained = torch.zeros_like(dead)
@@ -232,10 +252,7 @@ def filter_health(
         if floor is None:
             floor = FIRST_LAYER_FLOOR if weight.shape[1] == 3 else DEEP_LAYER_FLOOR
         untrained_below = max(untrained_fraction * float(reference), floor)
-        limit = torch.where(
-            _was(previous, UNTRAINED, moved), untrained_below * (1 + h), untrained_below
-        )
-        untrained = (moved < limit) & ~dead
+        untrained = _below(moved, untrained_below, previous, UNTRAINED, h) & ~dead
         learned = orthogonal_to(weight, initial).to(weight.device)
     power = power_spectra(weight, n_fft)
     learned_power = power if initial is None else power_spectra(learned, n_fft)
@@ -244,8 +261,8 @@ def filter_health(
     entropy = spectral_entropy(power)
     entropy_noise = noise_entropy_floor(tuple(weight.shape[1:]), structure_z, n_fft)
     structured_learned = spectral_entropy(learned_power) < entropy_noise
-    share = torch.where(_was(previous, ALIASED, rms), alias_share * (1 - h), alias_share)
-    aliased = (aliasing_learned > share) & structured_learned & ~dead & ~untrained
+    above = _above(aliasing_learned, alias_share, previous, ALIASED, h)
+    aliased = above & structured_learned & ~dead & ~untrained
     duplicate_of, anti = duplicates(weight, duplicate_threshold, ignore=dead | untrained)
     return FilterReport(
         kernel=max(weight.shape[-2:]),
