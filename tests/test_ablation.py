@@ -53,6 +53,8 @@ def test_claim_outcomes_count_seeds_and_say_when_untestable():
     holds, n, reason = claim_outcome([(0.0, 0.0), (0.0, 0.0)], "alexnet_style")
     assert (holds, n) == (0, 2) and "no such filter in either arm" in reason
     assert claim_outcome([(math.nan, 0.2)], "zfnet")[2].startswith("not measured")
+    holds, n, reason = claim_outcome([(1.0, 1.0), (1.0, 1.0)], "alexnet_style")  # saturated
+    assert (holds, n, reason) == (0, 2, "both arms at the same value on every seed (1)")
 
 
 def gabor_bank(count: int, k: int, freq: float, seed: int) -> torch.Tensor:

@@ -93,6 +93,8 @@ def claim_outcome(pairs: list[tuple[float, float]], higher: str) -> tuple[int, i
         return 0, 0, "not measured (no value in either arm)"
     if higher == "alexnet_style" and all(a == 0 and z == 0 for a, z in pairs):
         return 0, len(pairs), "no such filter in either arm on any seed"
+    if all(a == z for a, z in pairs):
+        return 0, len(pairs), f"both arms at the same value on every seed ({pairs[0][0]:.3g})"
     holds = sum((z > a) if higher == "zfnet" else (z < a) for a, z in pairs)
     return holds, len(pairs), None
 
