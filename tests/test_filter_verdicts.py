@@ -33,7 +33,7 @@ def test_conv2_of_a_learning_net_is_ok_while_its_projections_change_and_untraine
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        first, last = (float(loss) if step == 0 else first), float(loss)
+        first, last = (loss.item() if step == 0 else first), loss.item()
     assert last < 0.5 * first
     w2, w0 = model.features.conv2.weight, start.features.conv2.weight
     report = filter_health(w2, 2, step=4, initial=w0)
