@@ -33,8 +33,8 @@ STATUS_COLOURS = {
 }
 STATUS_MEANING = {
     "ok": "ok",
-    "dead": "dead (collapsed or never active)",
-    "untrained": "untrained (kept its random start while its layer learned)",
+    "dead": "dead (collapsed or almost never active)",
+    "untrained": "untrained (kept much of its random start)",
     "aliased": "aliased (learned a pattern mostly above Nyquist)",
     "duplicate": "duplicate of an earlier filter",
 }
