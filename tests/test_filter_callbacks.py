@@ -409,3 +409,11 @@ def test_conv2_tiles_show_each_filter_in_input_pixels_and_say_how():
     w1 = model.features.conv1.weight
     assert shown_filters(model.features, "conv1", w1) == (w1, None)
     assert shown_filters(None, "conv2", w2) == (w2, None)  # no trunk: the strongest channel
+
+
+def test_the_callback_defaults_are_the_analysis_defaults():
+    import inspect
+
+    defaults = inspect.signature(filter_health).parameters
+    for name, value in FilterHealth().options.items():
+        assert value == defaults[name].default, name

@@ -108,8 +108,9 @@ def filter_grid(
     if report.movement is not None:
         note += (
             f" Untrained: moved (1 - cos^2 to its start) under {report.untrained_below:.3g} (this "
-            f"layer's floor, or a third of its median movement "
-            f"{float(report.movement.median()):.3g}); median cosine to the start "
+            f"layer's floor, or a third of its live filters' median movement "
+            f"{float(report.movement[~report.dead].median()) if bool((~report.dead).any()) else 0:.3g});"
+            " median cosine to the start "
             f"{float(report.cos_start.median()):.2f}."
         )
     return title_bar(vstack([panel, legend(entries, panel.shape[1])]), title, note)
