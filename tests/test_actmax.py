@@ -165,3 +165,73 @@ def test_spatial_reductions_of_a_constructed_map():
         torch.testing.assert_close(result.activations, torch.tensor([value]))
     with pytest.raises(ValueError, match="spatial"):
         activation_maximization(layer, [(layer, 0)], (3, 3), steps=0, spatial="median")
+
+
+def test_squash_keeps_pixels_strictly_inside_the_bounds_and_moves_them_the_right_way():
+    conv = nn.Conv2d(3, 1, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, -1.0, 0.0]).view(1, 3, 1, 1))
+    low, high = (-1.0, -2.0, -0.5), (2.0, 1.0, 0.5)
+    result = activation_maximization(
+        nn.Sequential(conv),
+        [(conv, 0)],
+        (6, 6),
+        steps=30,
+        lr=0.2,
+        bounds=(low, high),
+        l2=0.0,
+        tv=0.0,
+        param="pixel",
+        init="gray",
+        squash=True,
+    )
+    x = result.images[0]
+    for c in range(3):
+        assert low[c] < x[c].min() and x[c].max() < high[c]  # a sigmoid never reaches a bound
+    mid = [(a + b) / 2 for a, b in zip(low, high)]
+    # channel 0 is pushed up, channel 1 down, channel 2 (unread) stays at the middle
+    assert (x[0] > mid[0] + 1.0).all() and (x[1] < mid[1] - 1.0).all()
+    torch.testing.assert_close(x[2], torch.full((6, 6), mid[2]))
+
+
+def test_colour_decorrelation_mixes_channels_by_the_natural_image_matrix():
+    from zflight.analysis.actmax import COLOUR_CORRELATION
+
+    assert COLOUR_CORRELATION.norm(dim=0).max() == pytest.approx(1.0)
+    conv = nn.Conv2d(3, 1, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1))
+    plain = activation_maximization(
+        nn.Sequential(conv), [(conv, 0)], (4, 4), steps=0, param="pixel", init_std=1.0
+    )
+    mixed = activation_maximization(
+        nn.Sequential(conv),
+        [(conv, 0)],
+        (4, 4),
+        steps=0,
+        param="pixel",
+        init_std=1.0,
+        decorrelate=True,
+    )
+    # the same start (seeded), mixed into RGB by the matrix
+    expected = torch.einsum("ij,jhw->ihw", COLOUR_CORRELATION, plain.images[0])
+    torch.testing.assert_close(mixed.images[0], expected)
+
+
+def test_robust_transform_shifts_scales_and_rotates_with_the_mean_at_the_borders():
+    from zflight.analysis.actmax import robust_transform
+
+    x = torch.zeros(2, 3, 16, 16)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(robust_transform(x, g, 4), x)  # the mean stays the mean
+    ones = torch.ones(1, 1, 32, 32)
+    seen = set()
+    for seed in range(6):
+        out = robust_transform(ones, torch.Generator().manual_seed(seed), 4)
+        assert out.shape == ones.shape and 0.0 <= float(out.min()) and float(out.max()) <= 1.0001
+        assert out[0, 0, 12:20, 12:20].min() > 0.99  # the middle stays inside the picture
+        seen.add(round(float(out.mean()), 4))
+    assert len(seen) > 1, "each call draws a new transformation"
+    a = robust_transform(ones, torch.Generator().manual_seed(7), 4)
+    b = robust_transform(ones, torch.Generator().manual_seed(7), 4)
+    assert torch.equal(a, b)

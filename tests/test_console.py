@@ -9,13 +9,14 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from lightning.pytorch.utilities import rank_zero_warn
 
 from tests.conftest import tiny_overrides
 from tests.helpers import Recording
-from zflight.run.console import analysis_line, show_warning
+from zflight.run.console import ProgressBar, analysis_line, show_warning
 
 NOISE = [
     "litlogger",  # Lightning's tip
@@ -50,7 +51,6 @@ def test_default_run_prints_progress_analysis_lines_and_summary_only(tmp_path):
         "callbacks.warns._target_=tests.test_console.Warns",
     )
     env = {**os.environ, "WANDB_MODE": "offline", "HOME": str(tmp_path), "PYTHONWARNINGS": ""}
-    env["WANDB_DATA_DIR"] = str(tmp_path / "wandb-data")
     done = subprocess.run(
         [sys.executable, "-m", "zflight.train", *args],
         stdout=subprocess.PIPE,
@@ -76,6 +76,8 @@ def test_default_run_prints_progress_analysis_lines_and_summary_only(tmp_path):
         lines[lines.index(warning) + 1].strip() == "" or "Epoch" in lines[lines.index(warning) + 1]
     )
     assert "final validation accuracy: top-1" in out and "Epoch 1: 100%" in out
+    last_bar = [x for x in lines if x.startswith("Epoch 1: 100%")][-1]
+    assert "val_acc=" in last_bar and "v_num" not in out, last_bar
 
 
 def test_analysis_line():
@@ -96,3 +98,41 @@ def test_warning_is_one_line_and_still_recorded_by_catch_warnings(capsys, monkey
     show_warning(UserWarning("recorded, not printed"), UserWarning, "somewhere.py", 8)
     assert [(str(w.message), w.lineno) for w in caught] == [("recorded, not printed", 8)]
     assert capsys.readouterr().err == ""
+
+
+def test_progress_bar_shows_validation_accuracy_at_120_columns():
+    import io
+
+    from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+
+    logger = SimpleNamespace(version=12)
+    trainer = SimpleNamespace(
+        loggers=[logger],
+        progress_bar_metrics={
+            "train/loss": 0.312,
+            "train/acc": 0.906,
+            "val/loss": 0.285,
+            "val/acc1": 0.912,
+        },
+    )
+    metrics = ProgressBar().get_metrics(trainer, None)
+    assert metrics == {"loss": 0.312, "acc": 0.906, "val_loss": 0.285, "val_acc": 0.912}
+    # as Lightning draws it at the end of a long epoch of a long run, on a 120-column terminal
+    bar = Tqdm(total=5005, desc="Epoch 89", ncols=120, file=io.StringIO(), dynamic_ncols=False)
+    bar.n = 5005
+    bar.set_postfix(metrics)
+    line = str(bar)
+    assert len(line) <= 120 and "val_acc=0.912" in line, line
+
+
+def test_first_render_of_the_data_set_says_so(tmp_path, capsys):
+    from zflight.data import ShapesDataModule
+
+    dm = ShapesDataModule(16, 8, 32, batch_size=8, cache_dir=str(tmp_path))
+    dm.setup("fit")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("shapes: rendering 8 validation images (32 px) once; later runs read")
+    assert re.fullmatch(r"shapes: rendered 8 validation images \(32 px\) in \d+\.\d s", out[1])
+    assert out[2].startswith("shapes: rendering 16 training images (32 px) once")
+    ShapesDataModule(16, 8, 32, batch_size=8, cache_dir=str(tmp_path)).setup("fit")
+    assert capsys.readouterr().out == "", "a cached data set is read without a word"

@@ -17,9 +17,10 @@ from zflight.analysis.images import (
     resize,
     to_uint8,
 )
-from zflight.analysis.topk import crop, image_keys, unit_boxes
+from zflight.analysis.topk import crop, unit_boxes
+from zflight.callbacks.base import VisualizationCallback
 from zflight.callbacks.deconv import DeconvTopK, FeatureEvolution, channel_count, seeded_channels
-from zflight.callbacks.results import Figure, Probe
+from zflight.callbacks.results import Figure, Probe, VizResult
 from zflight.models import zfnet
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.3, 0.3, 0.3)
@@ -51,14 +52,22 @@ def setup():
     return model, images, probe
 
 
-def _stream(cb, model, images, batch: int = 16, labels=None) -> None:
-    """What the base does during a scheduled validation epoch."""
+def _stream(cb, model, images, batch: int = 16, labels=None, indexed: bool = False) -> None:
+    """What the base does during a scheduled validation epoch (``indexed``: with the validation
+    loader's batch indices, as a trainer's sampler gives them)."""
     cb.reset_stream()
+    starts = range(0, len(images), batch)
+    cb._batch_indices = (
+        [list(range(i, min(i + batch, len(images)))) for i in starts] if indexed else None
+    )
     handles = [m.register_forward_hook(fn) for m, fn in cb.stream_hooks(model)]
     labels = torch.zeros(0) if labels is None else labels
     with torch.inference_mode():
         for i in range(0, len(images), batch):
-            cb.current_batch = (images[i : i + batch], labels[i : i + batch])
+            cb.current_batch, cb._batch_idx = (
+                (images[i : i + batch], labels[i : i + batch]),
+                i // batch,
+            )
             model(images[i : i + batch])
     for h in handles:
         h.remove()
@@ -156,7 +165,7 @@ def test_analyze_draws_one_figure_per_layer_and_counts_silent_features(setup):
     with torch.no_grad():
         _stream(every, model, images)
         drawn = every.analyze(model, probe, FakeContext()).figures["conv1"]
-    assert drawn.caption.endswith("; 2 silent.")
+    assert "; 2 silent. In the first layer a projection is the feature's filter" in drawn.caption
     # each silent feature is one hatched block over its two 2x2 grids (k=3): 8 tile areas, about
     # 7/8 of them background gray; 6 separate hatched tiles would cover less than 6 tile areas
     hatched = (drawn.image == SILENT_GRAY).all(-1).sum()
@@ -164,13 +173,16 @@ def test_analyze_draws_one_figure_per_layer_and_counts_silent_features(setup):
     assert hatched > 2 * 8 * area * 0.8
     assert "2 silent" not in fig.caption  # the drawn features were chosen at random
     assert fig.caption.startswith("conv1: top 9 activations of 4 features")
+    # only the first layer's projection is its filter; the others say nothing of the kind
+    assert "filter itself" in fig.caption
+    assert all("filter" not in result.figures[layer].caption for layer in LAYERS[1:])
 
 
 def test_table_lists_each_positive_winner_with_its_class(setup):
     model, images, probe = setup
     probe = Probe(probe.images, probe.labels, None, MEAN, STD, ["a", "b", "c", "d"])
     cb = DeconvTopK(layers=["conv2"], features_per_layer=2, k=3, strict=True)
-    _stream(cb, model, images, labels=torch.arange(40) % 4)
+    _stream(cb, model, images, labels=torch.arange(40) % 4, indexed=True)
     with torch.no_grad():
         result = cb.analyze(model, probe, FakeContext())
     table = result.tables["conv2/top3"]
@@ -184,11 +196,10 @@ def test_table_lists_each_positive_winner_with_its_class(setup):
         "projection",
     ]
     best, _, _ = _one_shot(model, images, "conv2")
-    keys = {f"{int(k) & (2**64 - 1):016x}": i for i, k in enumerate(image_keys(images))}
     channels = sorted({row[0] for row in table.rows})
     assert len(channels) == 2 and len(table.rows) == 6  # every winner of a random net is positive
-    for channel, rank, value, key, name, patch, proj in table.rows:
-        i = keys[key]
+    for channel, rank, value, i, name, patch, proj in table.rows:  # i: the validation index
+        assert isinstance(i, int) and 0 <= i < len(images)
         assert name == "abcd"[i % 4]  # the class of the very image that won
         assert value == pytest.approx(float(best[channel, i]), rel=1e-5)
         assert value == pytest.approx(float(best[channel].topk(3).values[rank - 1]), rel=1e-5)
@@ -281,3 +292,55 @@ def test_evolution_appends_a_column_per_epoch_and_survives_resume(setup):
     assert torch.equal(restored.strips["conv1"][0], cb.strips["conv1"][0])
     assert later.image.shape[0] == strip.shape[0] and "up to epoch 5" in later.caption
     assert not np.array_equal(later.image, strip)
+
+
+def test_table_image_is_minus_one_without_a_loader_to_say_the_index(setup):
+    model, images, probe = setup
+    cb = DeconvTopK(layers=["conv2"], features_per_layer=1, k=2, strict=True)
+    _stream(cb, model, images, labels=torch.arange(40) % 4)
+    with torch.no_grad():
+        table = cb.analyze(model, probe, FakeContext()).tables["conv2/top2"]
+    assert [row[3] for row in table.rows] == [-1, -1]
+
+
+def test_validation_indices_come_from_the_loaders_sampler():
+    from types import SimpleNamespace
+
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from zflight.callbacks.mining import validation_batch_indices
+
+    data = list(range(10))
+    plain = SimpleNamespace(val_dataloaders=DataLoader(data, batch_size=4))
+    assert validation_batch_indices(plain) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    # under DDP, Lightning gives each rank a distributed sampler: rank 1 of 2 sees the odd ones
+    sampler = DistributedSampler(data, num_replicas=2, rank=1, shuffle=False)
+    ddp = SimpleNamespace(val_dataloaders=DataLoader(data, batch_size=2, sampler=sampler))
+    assert validation_batch_indices(ddp) == [[1, 3], [5, 7], [9]]
+    assert validation_batch_indices(SimpleNamespace()) is None
+
+
+class Forwarding(VisualizationCallback):
+    """Runs the model on a few probe images, as actmax or a custom analysis does."""
+
+    name = "forwarding"
+
+    def analyze(self, model, probe, ctx):
+        model(probe.images[:3])
+        return VizResult()
+
+
+def test_mining_ignores_another_callbacks_forwards_after_the_last_batch(tiny):
+    from zflight.train import train
+
+    train(
+        tiny(
+            "trainer.max_epochs=1",
+            "callbacks.fwd._target_=tests.test_deconv_callback.Forwarding",
+            "callbacks.fwd.strict=true",
+            "callbacks.deconv._target_=zflight.callbacks.deconv.DeconvTopK",
+            "callbacks.deconv.layers=[conv1]",
+            "callbacks.deconv.features_per_layer=2",
+            "callbacks.deconv.strict=true",
+        )
+    )

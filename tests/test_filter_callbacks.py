@@ -417,3 +417,16 @@ def test_the_callback_defaults_are_the_analysis_defaults():
     defaults = inspect.signature(filter_health).parameters
     for name, value in FilterHealth().options.items():
         assert value == defaults[name].default, name
+
+
+def test_spectra_colour_bar_fits_the_data():
+    # constructed spectra: every value 1 (0 dB) except 10% of them at -12 dB: the bar is 15 dB deep
+    norm = torch.ones(4, 32, 32, dtype=torch.float64)
+    norm.view(-1)[: norm.numel() // 10] = 10 ** (-1.2)
+    assert ff.fitted_range_db(norm) == 15.0
+    # a single deep notch (under 1% of the values) does not stretch it; flat data get 10 dB
+    norm.view(-1)[0] = 1e-9
+    assert ff.fitted_range_db(norm) == 15.0
+    assert ff.fitted_range_db(torch.ones(2, 8, 8)) == 10.0
+    deep = torch.full((2, 8, 8), 1e-12)
+    assert ff.fitted_range_db(deep) == 60.0  # at most 60 dB

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zflight.callbacks.gallery import gallery_data
+from zflight.callbacks.gallery import gallery_data, section_order
 from zflight.callbacks.results import Figure, VizResult
 from zflight.callbacks.sinks import write_outputs
 
@@ -81,7 +81,7 @@ def test_gallery_data_comes_from_disk(tmp_path):
     assert data["run"] == "run"
     assert ["model", "zfnet"] in data["config"] and ["epochs", "3"] in data["config"]
     assert data["figures"]["cb/small"] == [
-        [e, f"cb/small/epoch_{e:04d}.png", 60, 40, ""] for e in range(3)
+        [e, f"cb/small/epoch_{e:04d}.png", 60, 40, f"cb/small, epoch {e}"] for e in range(3)
     ]
     # a single captioned figure is stored as it is, its caption in the PNG's Description
     assert data["figures"]["cb/wide"][-1][2:] == [1000, 200, "a wide one"]
@@ -102,7 +102,7 @@ def test_page_cards_epoch_control_and_charts_in_chromium(tmp_path):
     assert found, "the page's script did not run: " + dom[:500]
     check = json.loads(html.unescape(found.group(1)))
     assert check["keys"] == ["cb/small", "cb/wide"]
-    assert check["captions"] == ["", "a wide one"]
+    assert check["captions"] == ["cb/small, epoch 2", "a wide one"]  # none left without one
     steps = [(name, src) for name, src, _ in check["stepped"]["steps"]]
     assert steps == [
         ("latest", "cb/small/epoch_0002.png"),
@@ -130,3 +130,58 @@ def test_latest_picture_is_drawn(tmp_path):
     counts = [int(np.all(pixels == c, axis=1).sum()) for c in COLOURS]
     # the 60x40 picture of the latest epoch (blue), shown at twice its size; no older epoch
     assert counts[2] >= 120 * 80 * 0.95 and counts[0] == counts[1] == 0, counts
+
+
+def test_sections_follow_the_paper_then_custom_callbacks():
+    keys = ["actmax/conv5", "mean_image/mean", "occlusion/panels", "deconv/conv1", "a/x"]
+    keys += ["invariance/curves", "heatmaps/maps", "filters/conv1", "evolution/conv5"]
+    names = [name for name, _ in section_order(keys)]
+    assert names == [
+        "deconv",
+        "evolution",
+        "occlusion",
+        "filters",
+        "heatmaps",
+        "actmax",
+        "invariance",
+        "a",
+        "mean_image",
+    ]
+
+
+def make_growing_run(run: Path) -> Path:
+    """Figures whose size and caption change between epochs, as the evolution strip's and the
+    deconv figures' do, in the sections of three callbacks written out of the paper's order."""
+    run.mkdir(parents=True)
+    for epoch in range(3):
+        trainer = SimpleNamespace(
+            default_root_dir=str(run), current_epoch=epoch, global_step=10 * epoch, loggers=[]
+        )
+        strip = np.full((300, 200 * (epoch + 1), 3), 90, np.uint8)  # one column more per epoch
+        text = "a caption that grows with every epoch " * (1 + 4 * epoch)
+        write_outputs(trainer, "mine", VizResult({"plain": strip[:50, :80]}), background=False)
+        write_outputs(trainer, "occlusion", VizResult({"panels": strip[:, :700]}), background=False)
+        result = VizResult({"conv5": Figure(strip, text)}, {"score": 0.5})
+        write_outputs(trainer, "evolution", result, background=False)
+    return run / "viz"
+
+
+@needs_chromium
+@pytest.mark.parametrize("width", [500, 1400])
+def test_layout_holds_and_cards_keep_their_size(tmp_path, width):
+    viz = make_growing_run(tmp_path / "run")
+    dom = chromium(
+        tmp_path,
+        f"--window-size={width},1000",
+        "--dump-dom",
+        (viz / "index.html").as_uri() + "#selftest",
+    ).stdout
+    found = re.search(r'<pre id="selftest">(.*?)</pre>', dom, re.DOTALL)
+    check = json.loads(html.unescape(found.group(1)))
+    assert check["sections"] == ["evolution", "occlusion", "mine"]
+    assert check["page_width"] <= check["viewport"], "nothing wider than the window"
+    for card in check["layout"]:
+        assert card["overflow"] <= 0 and card["right"] <= check["viewport"], card
+        assert card["caption_right"] <= card["right"], card
+    for key, sizes in zip(check["keys"], check["sizes"], strict=True):
+        assert len(set(map(tuple, sizes))) == 1, f"{key} changes size between epochs: {sizes}"

@@ -90,8 +90,12 @@ def test_scores_and_panels_on_a_model_with_known_evidence():
     assert result.scalars["drop_mass_in_mask"] == pytest.approx(np.mean(shares), abs=1e-5)
     fig = result.figures["panels"]  # one figure: a titled panel per probe image, stacked
     assert fig.image.dtype == np.uint8 and fig.image.ndim == 3
-    assert fig.caption.startswith("Occlusion of 2 probe images (0 misclassified) by a 6 px square")
-    assert "p(the true class) with the square at each position (colour bar 0 to 1)" in fig.caption
+    assert fig.caption.startswith(
+        "Occlusion of 2 probe images (0 misclassified) by a grey 6 px patch"
+    )
+    assert "p(the true class) with the grey patch centred at each position (colour bar 0 to 1)" in (
+        fig.caption
+    )
     assert "deconvnet projection" in fig.caption and "Scores use these images." in fig.caption
     tile = SIZE * 7  # enlarged to at least 128 px
     assert fig.image.shape[1] >= 5 * tile  # image, p(true), labels, feature, deconv
@@ -177,3 +181,13 @@ def test_fit_writes_panels_and_scores(tmp_path):
     game = next(r["value"] for r in lines if r["key"] == "occlusion/pointing_game")
     assert game * 12 == pytest.approx(round(game * 12))  # a share of the 12 scored images
     assert cb.logged_epochs == [0]
+
+
+def test_p_true_caption_names_the_patch_and_says_when_it_changes_nothing():
+    from zflight.callbacks.occlusion import occluded_caption
+
+    varied = torch.tensor([[0.2, 1.0], [1.0, 1.0]])
+    assert occluded_caption("square", varied) == "p(square) if the patch is here"
+    flat = torch.full((4, 4), 0.998)
+    flat[0, 0] = 0.995
+    assert occluded_caption("circle", flat) == "p(circle): no effect"

@@ -14,7 +14,7 @@ from zflight.analysis.invariance import invariance_curves
 from zflight.analysis.localization import mass_in_mask, pointing_game
 from zflight.callbacks.actmax import ActivationMaximization
 from zflight.callbacks.base import isolated
-from zflight.callbacks.heatmaps import HeatMaps, rectified_layer, row_order
+from zflight.callbacks.heatmaps import HeatMaps, misclassified_rows, rectified_layer
 from zflight.callbacks.invariance import Invariance, plot_curves
 from zflight.callbacks.results import Probe
 from zflight.models import zfnet
@@ -70,7 +70,7 @@ def test_heatmaps_figure_and_scores_match_the_analysis(model):
     cb = HeatMaps(num_rows=2)
     assert cb.name == "heatmaps" and cb.grad
     result = run(cb, model, probe)
-    assert set(result.figures) == {"maps"}
+    assert set(result.figures) <= {"maps", "misclassified"}  # an untrained net misclassifies
     fig = result.figures["maps"]
     assert_picture(fig.image)
     assert 2 * 128 < fig.image.shape[0] < 3 * 128 + 80  # 2 rows of 128 px tiles and a title
@@ -89,29 +89,35 @@ def test_heatmaps_figure_and_scores_match_the_analysis(model):
     assert 0 < expected["saliency_mass_in_mask"] < 1
 
 
-def test_heatmap_rows_put_misclassified_images_first():
+def test_misclassified_rows_are_the_wrong_images_in_order():
     wrong = torch.tensor([False, False, True, False, True, False, True])
-    assert row_order(wrong, 4, 8) == [2, 4, 6, 0, 1, 3]  # probes 0-3, then the score set
-    assert row_order(wrong, 4, 2) == [2, 4]
-    assert row_order(torch.zeros(3, dtype=torch.bool), 3, 8) == [0, 1, 2]
+    assert misclassified_rows(wrong, 8) == [2, 4, 6]  # probes 0-3, then the score set
+    assert misclassified_rows(wrong, 2) == [2, 4]
+    assert misclassified_rows(torch.zeros(3, dtype=torch.bool), 8) == []
 
 
-def test_heatmaps_show_a_misclassified_probe_first_with_its_predicted_map(model):
+def test_heatmaps_keep_the_probes_in_order_and_show_the_misclassified_apart(model):
     always_disc = copy.deepcopy(model)
     with torch.no_grad():
         always_disc.classifier.fc8.bias[0] = 1e4  # class 0 ("disc") wins for every image
     probe = make_probe(n=2)
     probe.labels = torch.tensor([0, 2])  # probe 0 is right, probe 1 ("dot") is wrong
-    fig = run(HeatMaps(), always_disc, probe).figures["maps"]
+    figures = run(HeatMaps(), always_disc, probe).figures
+    fig = figures["maps"]
     red = (fig.image == np.array([200, 40, 40], np.uint8)).all(-1).nonzero()
     green = (fig.image == np.array([40, 160, 40], np.uint8)).all(-1).nonzero()
-    assert len(red[0]) and len(green[0]) and red[0].max() < green[0].min()  # wrong row on top
-    assert "1 misclassified, shown first" in fig.caption
+    # the probes in their own order every epoch: the right one (0) above the wrong one (1)
+    assert len(red[0]) and len(green[0]) and green[0].max() < red[0].min()
+    assert "the 2 probe images (1 misclassified; the same images every epoch)" in fig.caption
+    wrong = figures["misclassified"]
+    assert (wrong.image == np.array([200, 40, 40], np.uint8)).all(-1).any()
+    assert not (wrong.image == np.array([40, 160, 40], np.uint8)).all(-1).any()
+    assert "misclassified validation images" in wrong.caption
 
 
 def test_heatmaps_without_masks_log_no_scores(model):
     result = run(HeatMaps(), model, make_probe(masks=False))
-    assert result.scalars == {} and set(result.figures) == {"maps"}
+    assert result.scalars == {} and "maps" in result.figures
 
 
 def test_rectified_layer_picks_the_relu_after_a_conv(model):
@@ -185,6 +191,31 @@ def test_invariance_scalars_are_the_areas_of_the_curves(model):
     assert result.scalars == pytest.approx(expected, rel=1e-5)
     assert result.scalars["translate/conv1_auc"] > 0.1
     assert result.figures["examples"].image.shape[1] > 5 * 64  # 5 values per row
+    # the examples depend on the probe set alone: logged once, not again every epoch
+    assert set(run(cb, model, probe).figures) == {"curves"}
+
+
+def test_invariance_legends_stand_beside_the_plots_and_name_each_image(model):
+    from matplotlib.transforms import Bbox
+
+    from zflight.callbacks.invariance import curves_figure
+
+    probe = make_probe()
+    layers = {"conv1": model.features.conv1, "fc7": model.classifier.fc7}
+    kinds = {"translate": [-0.2, 0.0, 0.2], "rotate": [0.0, 90.0]}
+    curves = invariance_curves(model, probe.images[:2], probe.labels[:2], layers, kinds)
+    fig = curves_figure(curves, ["#0 square", "#1 square"])
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert len(legends) == 2
+    texts = [t.get_text() for t in legends[1].get_texts()]
+    assert texts == ["#0 square", "#1 square"]
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        for ax in fig.axes:
+            assert not Bbox.intersection(box, ax.get_window_extent(renderer)), "a legend on a plot"
+        assert box.x1 <= fig.bbox.x1, "a legend cut off at the right edge"
 
 
 def test_invariance_plot_has_a_panel_per_layer_and_transform(model):
@@ -196,9 +227,8 @@ def test_invariance_plot_has_a_panel_per_layer_and_transform(model):
     one = plot_curves(curves, CLASSES, dpi=50)
     two = plot_curves(curves * 2, CLASSES, dpi=50)
     assert_picture(one)
-    assert two.shape[0] == one.shape[0] and two.shape[1] == pytest.approx(
-        2 * one.shape[1], rel=0.05
-    )
+    # a column of 3.4 inches per transformation, beside one legend column
+    assert two.shape[0] == one.shape[0] and two.shape[1] - one.shape[1] == 3.4 * 50
 
 
 def test_invariance_needs_a_transform():

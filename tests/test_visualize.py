@@ -73,6 +73,13 @@ def test_visualize_checkpoint_writes_pngs_and_gallery(trained, tmp_path):
     epoch = torch.load(ckpt, weights_only=False)["epoch"]  # saved at that epoch's validation
     assert (out / "viz" / "recording" / "probe" / f"epoch_{epoch:04d}.png").exists()
     assert (out / "config.yaml").read_text().startswith(f"# visualize ckpt={ckpt}")
+    # the gallery's header: the checkpoint's validation accuracy, as training measured it
+    (row,) = [json.loads(x) for x in (out / "viz" / "metrics.jsonl").read_text().splitlines()]
+    trained_rows = (trained / "viz" / "metrics.jsonl").read_text().splitlines()
+    at_training = next(r for r in map(json.loads, trained_rows) if r["epoch"] == epoch)
+    assert row["epoch"] == epoch and "train/loss" not in row
+    assert row["val/acc1"] == pytest.approx(at_training["val/acc1"], abs=1e-6)
+    assert '"val/acc1"' in gallery.read_text()
 
 
 def test_visualize_exits_1_when_an_analysis_fails(trained, tmp_path, capsys):

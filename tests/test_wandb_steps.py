@@ -1,4 +1,6 @@
-"""W&B lines up: an epoch's validation metrics, figures, callback scalars and tables share one step."""
+"""W&B lines up: an epoch's validation metrics, figures, callback scalars and tables share one step,
+in one history row per epoch; the config is logged once, the learning rate as one curve, and W&B's
+files stay in the run directory."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.wandb_records import artifacts, history
+from tests.wandb_records import artifacts, config_keys, history
 from zflight.callbacks.base import VisualizationCallback
 from zflight.callbacks.results import Figure, Table, VizResult
 from zflight.train import train
@@ -40,7 +42,8 @@ def _no_bare_constant(token: str) -> None:
 
 def test_epoch_shares_one_step_with_captions_epoch_and_table(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))  # artifacts staged here
+    for name in ("WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR", "WANDB_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)  # restored after the test: the run sets them
     r = train(
         tiny(
             "logger=wandb",
@@ -50,6 +53,17 @@ def test_epoch_shares_one_step_with_captions_epoch_and_table(tiny, tmp_path, mon
     )
     run = next(Path(r["run_dir"]).glob("wandb/offline-run-*"))
     rows = history(next(run.glob("run-*.wandb")))
+    # one history row per epoch holds everything of that epoch: W&B's media slider is the epoch
+    assert [row["_step"] for row in rows] == [0, 1]
+    assert [row["epoch"] for row in rows] == [0, 1]
+    for row in rows:
+        names = {k[0] if isinstance(k, tuple) else k for k in row}
+        assert {"val/acc1", "train/loss", "optim/lr", "tabler/plain", "tabler/top"} <= names
+        assert not any(n.startswith("lr-") for n in names), "one learning-rate curve"
+    # the config once, nested as config.yaml has it (no flat copies of the module's arguments)
+    config = config_keys(next(run.glob("run-*.wandb")))
+    assert {"model", "data", "optim", "trainer", "seed"} <= config
+    assert not config & {"lr", "optimizer", "num_classes", "schedule"}, config
     # Lightning logs an epoch's val/* before its last batch counts as stepped: 3 and 7
     val_steps = {row["epoch"]: row["trainer/global_step"] for row in rows if "val/acc1" in row}
     assert val_steps == {0: BATCHES - 1, 1: 2 * BATCHES - 1}
@@ -83,6 +97,9 @@ def test_epoch_shares_one_step_with_captions_epoch_and_table(tiny, tmp_path, mon
     tables = [a for a in artifacts(next(run.glob("run-*.wandb"))) if a.type == "run_table"]
     assert len(tables) == 2, "one table per epoch"
     files = {c.path: c.local_path for c in tables[-1].manifest.contents}
+    # staged inside the run directory, so a copied run directory syncs with its tables
+    run_dir = Path(r["run_dir"]).resolve()
+    assert all(Path(p).resolve().is_relative_to(run_dir) for p in files.values()), files
     table = json.loads(Path(files["tabler/top.table.json"]).read_text())
     assert table["columns"] == ["feature", "rank", "activation", "image", "class", "patch"]
     assert [row[:3] for row in table["data"]] == [[0, 1, 2.5], [1, 1, 1.5], [2, 1, 0.5]]

@@ -57,3 +57,13 @@ def history(path: Path) -> list[dict[Any, Any]]:
 def artifacts(path: Path) -> list[pb.ArtifactRecord]:
     """The artifacts the run logged (a ``wandb.Table`` goes into one of type ``run_table``)."""
     return [r.artifact for r in records(path) if r.WhichOneof("record_type") == "artifact"]
+
+
+def config_keys(path: Path) -> set[str]:
+    """The top-level keys of every config update the run logged."""
+    return {
+        u.key or u.nested_key[0]
+        for r in records(path)
+        if r.WhichOneof("record_type") == "config"
+        for u in r.config.update
+    }

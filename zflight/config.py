@@ -61,6 +61,7 @@ class OptimConfig:
     gamma: float = 0.1
     patience: int = 3
     pct_start: float = 0.25
+    warmup_steps: int = 400
 
 
 @dataclass

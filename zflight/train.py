@@ -67,7 +67,10 @@ def train(overrides: list[str] | None = None) -> dict[str, Any]:
         run_dir / "checkpoints" / "last.ckpt", OmegaConf.to_container(cfg, resolve=True)
     )
     logger = build.build_logger(cfg, run_dir)
-    watch = [RunRecord(), *quiet_console(logger)]  # gallery numbers; progress, analyses, summary
+    watch = [
+        RunRecord(),
+        *quiet_console(logger, cfg.trainer.progress),
+    ]  # gallery numbers; progress, analyses, summary
     trainer = build.build_trainer(
         cfg, run_dir, [*callbacks, StopOnDivergence(last, cfg.resume), last, *watch], logger
     )
@@ -103,8 +106,13 @@ def _finish(logger: Any) -> None:
     """Flush and close a W&B run so everything is on disk when training returns."""
     from lightning.pytorch.loggers import WandbLogger
 
+    from zflight.callbacks.sinks import WRITER
+
     if isinstance(logger, WandbLogger):
         try:
+            if hasattr(logger, "commit_rows"):  # the last epoch's row, also when a run stops early
+                WRITER.flush(raise_errors=False)
+                logger.commit_rows()
             logger.experiment.finish()
             import wandb
 

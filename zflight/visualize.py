@@ -74,6 +74,7 @@ def visualize(argv: list[str]) -> Path:
     import lightning.pytorch as pl
 
     from zflight.callbacks.base import VisualizationCallback
+    from zflight.callbacks.run_record import RunRecord
     from zflight.run import build
     from zflight.run.checkpoints import check_matches, finished_epoch, read_checkpoint
     from zflight.run.console import quiet_console
@@ -103,7 +104,8 @@ def visualize(argv: list[str]) -> Path:
     trainer = pl.Trainer(
         default_root_dir=str(out),
         logger=False,
-        callbacks=[*callbacks, *quiet_console()],
+        # RunRecord: the gallery's header shows the checkpoint's validation accuracy
+        callbacks=[*callbacks, RunRecord(), *quiet_console(progress=cfg.trainer.progress)],
         accelerator=cfg.trainer.accelerator,
         devices=1,
         enable_checkpointing=False,

@@ -29,6 +29,13 @@ class ActMaxResult:
 
 
 SPATIAL = ("max", "centre", "mean")
+TRANSFORMS = ("roll", "robust")
+
+# Lucent's colour correlation of natural images (the square root of ImageNet's RGB covariance,
+# ``color_correlation_svd_sqrt``), scaled so its largest column has norm 1: optimising in these
+# decorrelated channels lets a step change a colour as natural images do, not a primary alone.
+_COLOUR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+COLOUR_CORRELATION = _COLOUR_SQRT / _COLOUR_SQRT.norm(dim=0).max()
 
 
 class _Reached(Exception):
@@ -65,6 +72,23 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     )
 
 
+def robust_transform(x: torch.Tensor, generator: torch.Generator, jitter: int) -> torch.Tensor:
+    """One random transformation of the batch, as Lucent's standard transforms: a shift of up to
+    ``jitter`` pixels, a scale in [0.9, 1.1] and a rotation in [-10, 10] degrees, with the
+    image's mean (zero after normalisation) brought in at the borders. A unit that answers the
+    pattern under all of them, not one exact placement of pixels, gives a readable picture."""
+    h, w = x.shape[-2:]
+    scale = 1.0 + (int(torch.randint(0, 11, (1,), generator=generator)) - 5) / 50
+    angle = math.radians(float(torch.randint(-10, 11, (1,), generator=generator)))
+    dy, dx = (torch.randint(-jitter, jitter + 1, (2,), generator=generator) * 2.0).tolist()
+    cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+    theta = torch.tensor(
+        [[cos, -sin, dx / w], [sin, cos, dy / h]], dtype=x.dtype, device=x.device
+    ).expand(len(x), 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 def total_variation(x: torch.Tensor) -> torch.Tensor:
     """(N,) mean absolute difference between neighbouring pixels of each image."""
     dy = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1)
@@ -92,6 +116,9 @@ def activation_maximization(
     channels: int = 3,
     bounds: tuple[Sequence[float], Sequence[float]] | None = None,
     spatial: str = "max",
+    decorrelate: bool = False,
+    squash: bool = False,
+    transforms: str = "roll",
 ) -> ActMaxResult:
     """Find, for each ``(layer, unit)`` in ``targets``, an input that excites that unit.
 
@@ -115,6 +142,14 @@ def activation_maximization(
     - ``bounds``: per-channel (low, high) of valid inputs, e.g. ``((0 - mean) / std, (1 - mean)
       / std)``; the image is clamped into them (the gradient passes the clamp unchanged), so
       the network only sees pictures it could be shown. ``None`` leaves it unbounded.
+    - ``decorrelate`` (3 channels): the parameters are colours in a decorrelated space, mixed
+      into RGB by ``COLOUR_CORRELATION`` (Lucent's colour decorrelation).
+    - ``squash`` (with ``bounds``): the image is ``low + (high - low) * sigmoid(x)`` instead of
+      clamped, as Lucent maps to valid pixels: colours approach the bounds smoothly and a
+      gradient never dies at a clamp, so few pixels end saturated.
+    - ``transforms``: ``"roll"`` a random roll of up to ``jitter`` pixels each step;
+      ``"robust"`` a random shift, scale and rotation each step (``robust_transform``, Lucent's
+      transformation robustness).
 
     Returns the images and the unit activations on them (without jitter or penalties).
     """
@@ -124,6 +159,8 @@ def activation_maximization(
         raise ValueError(f"init must be 'noise' or 'gray'; got {init!r}")
     if spatial not in SPATIAL:
         raise ValueError(f"spatial must be one of {', '.join(SPATIAL)}; got {spatial!r}")
+    if transforms not in TRANSFORMS:
+        raise ValueError(f"transforms must be one of {', '.join(TRANSFORMS)}; got {transforms!r}")
     device = next(model.parameters()).device
     h, w = size
     n = len(targets)
@@ -144,14 +181,20 @@ def activation_maximization(
         low = torch.as_tensor(bounds[0], dtype=torch.float32, device=device).view(1, -1, 1, 1)
         high = torch.as_tensor(bounds[1], dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
+    mix = COLOUR_CORRELATION.to(device) if decorrelate and channels == 3 else None
+
     def image() -> torch.Tensor:
         x = (
             z
             if scale is None
             else torch.fft.irfft2(torch.view_as_complex(z) * scale, s=(h, w), norm="ortho")
         )
+        if mix is not None:
+            x = torch.einsum("ij,njhw->nihw", mix, x)
         if bounds is None:
             return x
+        if squash:
+            return low + (high - low) * torch.sigmoid(x)
         # Clamp forward, identity backward: the network only sees valid pixels, and a pixel
         # pushed past a bound still gets the gradient that can bring it back.
         return x + (torch.maximum(torch.minimum(x, high), low) - x).detach()
@@ -160,7 +203,9 @@ def activation_maximization(
     with frozen(model), torch.enable_grad():
         for step in range(steps):
             x = image()
-            if jitter > 0:
+            if transforms == "robust":
+                x = robust_transform(x, g_jit, jitter)
+            elif jitter > 0:
                 dy, dx = torch.randint(-jitter, jitter + 1, (2,), generator=g_jit).tolist()
                 x = torch.roll(x, (dy, dx), dims=(2, 3))
             objective = _unit_activations(model, x, targets, spatial) - l2 * x.pow(2).flatten(

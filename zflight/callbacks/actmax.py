@@ -40,8 +40,11 @@ class ActivationMaximization(VisualizationCallback):
         layers: layer names (``model.layer(name)``) to visualise.
         units_per_layer: how many units per layer: evenly spaced channel indices (classes for fc8).
         units: explicit unit indices per layer name, overriding ``units_per_layer`` there.
-        steps, lr, param, jitter, l2, tv, blur_every, decay, init, spatial: see
-            ``zflight.analysis.actmax.activation_maximization``. The defaults (24 units, 24
+        steps, lr, param, jitter, l2, tv, blur_every, decay, init, spatial, decorrelate, squash,
+            transforms: see ``zflight.analysis.actmax.activation_maximization``. By default the
+            colours are decorrelated, squashed into the valid range by a sigmoid, and every step
+            shifts, scales and rotates the image at random (Lucent's recipe): on a 3-epoch
+            shapes run, 9% of the conv5 and fc8 images' pixels end saturated instead of 79%. The defaults (24 units, 24
             steps) cost about 1.7 CPU-seconds per call for ZFNet at width 0.25 and 64 px,
             about six training steps of batch 128.
         class_layer: the layer whose units are classes (captioned with class names).
@@ -63,7 +66,7 @@ class ActivationMaximization(VisualizationCallback):
         steps: int = 64,
         lr: float = 0.05,
         param: str = "fourier",
-        jitter: int = 2,
+        jitter: int = 4,
         l2: float = 1e-3,
         tv: float = 1e-2,
         blur_every: int = 0,
@@ -74,6 +77,9 @@ class ActivationMaximization(VisualizationCallback):
         tile: int = 128,
         spatial: str = "max",
         seed: int = 0,
+        decorrelate: bool = True,
+        squash: bool = True,
+        transforms: str = "robust",
         **kwargs,
     ) -> None:
         kwargs.setdefault("grad", True)
@@ -94,6 +100,9 @@ class ActivationMaximization(VisualizationCallback):
             init=init,
             seed=seed,
             spatial=spatial,
+            decorrelate=decorrelate,
+            squash=squash,
+            transforms=transforms,
         )
         self.spatial = spatial
         self.tile = tile

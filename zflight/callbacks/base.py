@@ -197,6 +197,19 @@ class VisualizationCallback(pl.Callback):
             self.current_batch = batch
 
     @override
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        # forwards between batches (another callback's analysis) are not validation batches
+        self.current_batch = None
+
+    @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._remove_hooks()
         self.current_batch = None

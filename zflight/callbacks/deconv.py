@@ -44,7 +44,7 @@ class DeconvTopK(MiningCallback):
     "silent" (the feature never fires) or "inactive" (fewer than k images excite it).
     Scalar ``deconv/<layer>/silent_fraction``: share of the layer's features never positive on
     the validation set. Table ``deconv/<layer>/top<k>`` (a W&B Table, to sort and filter): one
-    row per positive winner: feature, rank, activation, image (a key stable across epochs), the
+    row per positive winner: feature, rank, activation, image (its validation index), the
     image's class, patch and projection.
 
     Args:
@@ -117,15 +117,18 @@ class DeconvTopK(MiningCallback):
     def analyze(self, model: nn.Module, probe: Probe, ctx: AnalysisContext) -> VizResult | None:
         tops = self.mined(model, probe, ctx)
         self._ranking = {layer: top.values[:, 0].cpu() for layer, top in tops.items()}
-        labels = {layer: self.winner_labels(top, ctx) for layer, top in tops.items()}
+        found = {layer: self.winner_info(top, ctx) for layer, top in tops.items()}
         if ctx.rank != 0:
             return None
         result = VizResult()
+        first = first_conv_name(trunk_of(model))
         for layer, top in tops.items():
             proj, patches = self.crops(model, layer, top, probe)
-            result.figures[layer] = self._figure(layer, top, proj, patches, ctx.epoch)
+            result.figures[layer] = self._figure(
+                layer, top, proj, patches, ctx.epoch, layer == first
+            )
             result.tables[f"{layer}/top{self.k}"] = self._table(
-                top, labels[layer], proj, patches, probe.class_names
+                top, *found[layer], proj, patches, probe.class_names
             )
             result.scalars[f"{layer}/silent_fraction"] = float(
                 (top.values[:, 0] <= 0).float().mean()
@@ -136,13 +139,14 @@ class DeconvTopK(MiningCallback):
         self,
         top: TopK,
         labels: torch.Tensor,
+        indices: torch.Tensor,
         proj: list[list[np.ndarray]],
         patches: list[list[np.ndarray]],
         names: list[str],
     ) -> Table:
         """One row per positive winner of each drawn feature, to sort and filter in W&B: the
-        feature, its rank, the activation, the image (its key, stable across epochs), the image's
-        class, the patch and the projection."""
+        feature, its rank, the activation, the image (its index in the validation set; -1 where
+        the loader does not say), the image's class, the patch and the projection."""
         rows = []
         values = top.values[top.channels].tolist()
         for f, channel in enumerate(top.channels.tolist()):
@@ -151,8 +155,8 @@ class DeconvTopK(MiningCallback):
                     break
                 y = int(labels[f, r])
                 name = names[y] if 0 <= y < len(names) else (str(y) if y >= 0 else "?")
-                key = f"{int(top.keys[channel, r]) & (2**64 - 1):016x}"
-                rows.append([channel, r + 1, value, key, name, patches[f][r], proj[f][r]])
+                index = int(indices[f, r])
+                rows.append([channel, r + 1, value, index, name, patches[f][r], proj[f][r]])
         columns = ["feature", "rank", "activation", "image", "class", "patch", "projection"]
         return Table(columns, rows)
 
@@ -163,8 +167,11 @@ class DeconvTopK(MiningCallback):
         proj: list[list[np.ndarray]],
         patches: list[list[np.ndarray]],
         epoch: int,
+        first_layer: bool = False,
     ) -> Figure:
-        """One cell per feature (projections | patches), a title bar and a caption."""
+        """One cell per feature (projections | patches), a title bar and a caption. The first
+        layer's caption says why its projections repeat: one activation of the first conv layer
+        projects to its filter, whatever the image."""
         best = top.values[top.channels, 0].tolist()
         cells = []
         for channel, p, q, value in zip(top.channels.tolist(), proj, patches, best):
@@ -186,11 +193,23 @@ class DeconvTopK(MiningCallback):
             "patches under their receptive field. Hatched 'silent': the feature never fires; "
             f"'inactive': fewer than {self.k} images excite it."
         )
+        if first_layer:
+            note += (
+                f" {layer} is the first layer: the projection of one of its activations is its "
+                "filter itself, so a feature's projections are the same picture; the patches say "
+                "what excites it."
+            )
         text = (
             f"{layer}: top {self.k} activations of {len(best)} features over the validation set, "
             f"deconvnet projection beside image patch, epoch {epoch}"
             + (f"; {silent} silent" if silent else "")
             + "."
+            + (
+                f" In the first layer a projection is the feature's filter itself (the same "
+                f"picture for all {self.k}); the patches differ."
+                if first_layer
+                else ""
+            )
         )
         body = grid(cells, self.ncols, pad=10)
         return Figure(title_bar(body, title, note), text)
@@ -203,3 +222,11 @@ class DeconvTopK(MiningCallback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self._ranking = dict(state_dict.get("ranking", {}))
+
+
+def first_conv_name(trunk: nn.Module) -> str | None:
+    """The name of the first ``Conv2d`` in the trunk (``conv1`` in ZFNet), or None."""
+    for name, module in trunk.named_children():
+        if isinstance(module, nn.Conv2d):
+            return name
+    return None

@@ -124,14 +124,17 @@ def spectra_figure(
     ncols: int = 12,
     n_fft: int = 32,
     factor: int = 2,
-    range_db: float = 30.0,
+    range_db: float | None = None,
 ) -> np.ndarray:
     """Each filter's power spectrum (DC centred) in dB below its own peak, on the absolute axis:
     every tile spans +-1/(2 * step) cycles per input pixel on both axes. Cyan: the Nyquist square
     of the layer's stride; white rings: the band edges. A key panel labels the axis (the mean of
-    the normalised spectra); the colour bar gives dB."""
+    the normalised spectra); the colour bar gives dB, over ``range_db`` below the peak (None:
+    fitted to the data, ``fitted_range_db``)."""
     power = torch.fft.fftshift(power_spectra(weight, n_fft), dim=(-2, -1)).cpu().double()
     norm = power / power.flatten(1).amax(1).clamp_min(1e-300)[:, None, None]
+    if range_db is None:
+        range_db = fitted_range_db(norm)
     overlay = _overlay_mask(n_fft, factor, stride, step)
     tiles = [_spectrum_tile(p, factor, range_db, overlay) for p in norm]
     mosaic = with_colorbar(grid(tiles, ncols), -range_db, 0.0, "magma", "dB below peak")
@@ -151,6 +154,15 @@ def spectra_figure(
         f"mid < {BAND_EDGES[1]:.3g} <= high. Each tile is in dB below its own peak."
     )
     return title_bar(hstack([mosaic, key], pad=12), title, note)
+
+
+def fitted_range_db(norm: torch.Tensor, low: float = 0.01) -> float:
+    """The colour bar's depth for spectra normalised to their peaks: how far below the peak the
+    data reach (their ``low`` quantile in dB, so that a few deep notches do not stretch it),
+    rounded up to 5 dB, between 10 and 60 dB."""
+    db = 10 * torch.log10(norm.flatten().float().clamp_min(1e-30))
+    depth = -float(torch.quantile(db, low))
+    return float(min(60.0, max(10.0, 5.0 * math.ceil(depth / 5.0 - 1e-9))))
 
 
 def _frame(img: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:

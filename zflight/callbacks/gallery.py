@@ -91,6 +91,26 @@ def _read_summary(path: Path) -> list[list[str]]:
     return pairs
 
 
+# The sections in the paper's order; a callback not listed here (a custom one) follows, by name.
+PAPER_ORDER = (
+    ("deconv", "deconvnet projections (Fig. 2)"),
+    ("evolution", "feature evolution (Fig. 4)"),
+    ("occlusion", "occlusion sensitivity (Fig. 7)"),
+    ("filters", "filter health (Fig. 6)"),
+    ("heatmaps", "heat maps: Grad-CAM and saliency"),
+    ("actmax", "activation maximisation"),
+    ("invariance", "invariance (Fig. 5)"),
+)
+
+
+def section_order(keys: list[str]) -> list[list[str]]:
+    """``[[name, title], ...]`` for the sections of these ``<callback>/<key>`` keys: the paper's
+    analyses in its order, then any other callback by name (its title is its name)."""
+    names = {k.split("/")[0] for k in keys}
+    known = [[n, title] for n, title in PAPER_ORDER if n in names]
+    return known + [[n, n] for n in sorted(names - {n for n, _ in PAPER_ORDER})]
+
+
 def figure_frames(root: Path) -> dict[str, list[list[Any]]]:
     """``key -> [[epoch, relative path, width, height, caption], ...]`` by epoch for every PNG."""
     frames: dict[str, list[list[Any]]] = {}
@@ -128,12 +148,15 @@ def epoch_metrics(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def gallery_data(root: Path) -> dict[str, Any]:
     """Everything the page shows, gathered from ``root`` (``viz/``) and the run's config."""
+    figures = figure_frames(root)
+    scalars = scalar_series(read_jsonl(root / "scalars.jsonl"))
     return {
         "run": root.parent.name,
         "config": config_summary(root.parent / "config.yaml"),
         "metrics": epoch_metrics(read_jsonl(root / "metrics.jsonl")),
-        "figures": figure_frames(root),
-        "scalars": scalar_series(read_jsonl(root / "scalars.jsonl")),
+        "figures": figures,
+        "scalars": scalars,
+        "sections": section_order([*figures, *scalars]),
     }
 
 

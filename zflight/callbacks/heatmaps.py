@@ -32,8 +32,9 @@ class HeatMaps(VisualizationCallback):
     Figure ``maps``: one row per image: the image (green frame if predicted right, red if
     wrong), Grad-CAM of the true class, Grad-CAM of the predicted class where it differs from the
     true one, saliency of the true class; each map on its own scale from 0 to its maximum (one
-    colour bar). Misclassified images come first (from the probes, then from the score set),
-    then the probes predicted right. With object masks, scalars ``pointing_game`` and
+    colour bar). The rows are the probes, in the same order every epoch, so an image can be
+    followed; figure ``misclassified`` (in epochs with any) shows the misclassified images of the
+    probes and the score set alike. With object masks, scalars ``pointing_game`` and
     ``mass_in_mask`` score the true-class Grad-CAM over ``score_probes`` validation images drawn
     separately from the probes, exactly as the occlusion callback scores its maps
     (``saliency_pointing_game`` and ``saliency_mass_in_mask`` the saliency map), so both methods
@@ -91,11 +92,15 @@ class HeatMaps(VisualizationCallback):
             for prefix, maps in (("", cams[part, 0]), ("saliency_", sal[part])):
                 scalars[f"{prefix}pointing_game"] = pointing_game(maps, masks).float().mean().item()
                 scalars[f"{prefix}mass_in_mask"] = mass_in_mask(maps, masks).mean().item()
-        rows = row_order(preds != labels, len(probe.labels), self.num_rows)
-        figure = self._figure(
-            both, rows, probs, cams, sal, 0 if scored is probe else len(scored.labels), ctx.epoch
-        )
-        return VizResult(figures={"maps": figure}, scalars=scalars)
+        num_scored = 0 if scored is probe else len(scored.labels)
+        rows = list(range(min(len(probe.labels), self.num_rows)))
+        figures = {"maps": self._figure(both, rows, probs, cams, sal, num_scored, ctx.epoch)}
+        wrong = misclassified_rows(preds != labels, self.num_rows)
+        if wrong:
+            figures["misclassified"] = self._figure(
+                both, wrong, probs, cams, sal, num_scored, ctx.epoch, "misclassified"
+            )
+        return VizResult(figures=figures, scalars=scalars)
 
     def _figure(
         self,
@@ -106,6 +111,7 @@ class HeatMaps(VisualizationCallback):
         sal: torch.Tensor,
         num_scored: int,  # 0: the probes themselves
         epoch: int,
+        which: str = "probe",
     ) -> Figure:
         names = probe.class_names
         pictures = probe.display()
@@ -136,16 +142,30 @@ class HeatMaps(VisualizationCallback):
         body = grid(cells, ncols=4, pad=3)
         body = with_colorbar(body, 0.0, 1.0, "jet", "of max")
         wrong = sum(int(probs[i].argmax()) != int(probe.labels[i]) for i in rows)
-        title = f"Grad-CAM ({self.layer}) and saliency, epoch {epoch}: {wrong} of {len(rows)} shown misclassified"
+        title = (
+            f"Grad-CAM ({self.layer}) and saliency, epoch {epoch}: {len(rows)} probe images, "
+            f"{wrong} misclassified"
+            if which == "probe"
+            else f"Grad-CAM ({self.layer}) and saliency, epoch {epoch}: {len(rows)} misclassified"
+        )
+        order = (
+            "The same probe images every epoch."
+            if which == "probe"
+            else "Misclassified probe and score images."
+        )
         note = (
             "Rows: image (green frame right, red wrong; p of the true class), Grad-CAM of the true "
             "class, Grad-CAM of the predicted class where it differs, saliency of the true class. "
-            "Each map is scaled from 0 to its own maximum (colour bar). Misclassified images first."
+            f"Each map is scaled from 0 to its own maximum (colour bar). {order}"
+        )
+        shown = (
+            f"the {len(rows)} probe images ({wrong} misclassified; the same images every epoch)"
+            if which == "probe"
+            else f"{len(rows)} misclassified validation images"
         )
         text = (
-            f"Grad-CAM at {self.layer} and input-gradient saliency for {len(rows)} validation "
-            f"images ({wrong} misclassified, shown first), epoch {epoch}; each map scaled to its "
-            "maximum. "
+            f"Grad-CAM at {self.layer} and input-gradient saliency for {shown}, epoch {epoch}; "
+            "each map scaled to its maximum. "
             + (
                 f"Scores use {num_scored} other validation images."
                 if num_scored
@@ -155,13 +175,10 @@ class HeatMaps(VisualizationCallback):
         return Figure(title_bar(body, title, note), text)
 
 
-def row_order(wrong: torch.Tensor, num_probes: int, num_rows: int) -> list[int]:
-    """Rows of the figure: misclassified images first (probes, then the score set, in order),
-    then the probes predicted right; at most ``num_rows``."""
-    wrong = wrong.tolist()
-    first = [i for i, w in enumerate(wrong) if w]
-    rest = [i for i in range(num_probes) if not wrong[i]]
-    return (first + rest)[:num_rows]
+def misclassified_rows(wrong: torch.Tensor, num_rows: int) -> list[int]:
+    """Rows of the ``misclassified`` figure: the misclassified images (probes, then the score
+    set, in order); at most ``num_rows``."""
+    return [i for i, w in enumerate(wrong.tolist()) if w][:num_rows]
 
 
 def _joined(a: Probe, b: Probe) -> Probe:

@@ -4,6 +4,7 @@ scaling and rotation, drawn as line plots."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,9 @@ class Invariance(VisualizationCallback):
 
     Figures, titled and captioned: ``curves`` (columns: transformations; top: distances, a
     colour per layer and a line per image; bottom: P(true), a line per image, legends on the
-    right) and ``examples`` (the first probe image under every transform value). Scalars ``<transform>/<layer>_auc`` and
+    right of the plots, outside them; images named by probe number and class) and ``examples``
+    (the first probe image under every transform value; it depends only on the probe set, so it
+    is logged once, at the first run of a training, not every epoch). Scalars ``<transform>/<layer>_auc`` and
     ``<transform>/p_true_auc``: the area under each curve with the values rescaled to [0, 1],
     i.e. its mean height, averaged over the images. The defaults (4 images, 3 x 9 values)
     cost about 0.7 CPU-seconds per call at 64 px, most of it drawing the plot.
@@ -69,6 +72,7 @@ class Invariance(VisualizationCallback):
         }
         if not self.transforms:
             raise ValueError("Invariance needs at least one of translate, scale, rotate")
+        self._examples_logged = False
 
     @override
     def analyze(self, model: nn.Module, probe: Probe, ctx: AnalysisContext) -> VizResult:
@@ -85,6 +89,7 @@ class Invariance(VisualizationCallback):
             probe.class_names[int(t)] if int(t) < len(probe.class_names) else str(int(t))
             for t in labels
         ]
+        image_names = [f"#{i} {name}" for i, name in enumerate(names)]  # two squares stay two
         layers = ", ".join(self.layers)
         kinds = ", ".join(self.transforms)
         curves_text = (
@@ -99,14 +104,16 @@ class Invariance(VisualizationCallback):
         )
         figures = {
             "curves": Figure(
-                title_bar(plot_curves(curves, names), f"Invariance, epoch {ctx.epoch}"),
+                title_bar(plot_curves(curves, image_names), f"Invariance, epoch {ctx.epoch}"),
                 curves_text,
-            ),
-            "examples": Figure(
+            )
+        }
+        if not self._examples_logged:  # the same picture every epoch: once is enough
+            figures["examples"] = Figure(
                 title_bar(self._examples(probe), "Transformations of the first probe image"),
                 examples_text,
-            ),
-        }
+            )
+            self._examples_logged = True
         return VizResult(figures=figures, scalars=scalars)
 
     def _examples(self, probe: Probe) -> np.ndarray:
@@ -122,7 +129,14 @@ class Invariance(VisualizationCallback):
 def plot_curves(
     curves: Sequence[InvarianceCurve], labels: Sequence[str], dpi: int = 72
 ) -> np.ndarray:
-    """Render the curves as a uint8 HxWx3 array (matplotlib's Agg canvas, no pyplot state).
+    """The curves (``curves_figure``) as a uint8 HxWx3 array."""
+    fig = curves_figure(curves, labels, dpi)
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def curves_figure(curves: Sequence[InvarianceCurve], labels: Sequence[str], dpi: int = 72) -> Any:
+    """The curves as a matplotlib figure on an Agg canvas (no pyplot state).
 
     One column per transformation; top row: normalised feature distance, one colour per layer,
     one line per image; bottom row: P(true class), one line per image. Two rows of axes keep
@@ -132,8 +146,8 @@ def plot_curves(
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(3.4 * len(curves), 5.0), dpi=dpi)
-    canvas = FigureCanvasAgg(fig)
+    fig = Figure(figsize=(3.4 * len(curves) + 1.4, 5.0), dpi=dpi)
+    FigureCanvasAgg(fig)  # attaches itself as fig.canvas
     axes = fig.subplots(2, len(curves), squeeze=False, sharex="col")
     colours = [f"C{i}" for i in range(10)]
     for c, curve in enumerate(curves):
@@ -168,8 +182,11 @@ def plot_curves(
             ax.yaxis.set_major_locator(MaxNLocator(4))
     axes[0][0].set_ylabel("feature distance / |original|")
     axes[1][0].set_ylabel("P(true class)")
-    axes[0][-1].legend(fontsize="small", loc="upper right")
-    axes[1][-1].legend(fontsize="small", loc="upper right")
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.11, top=0.93, hspace=0.12, wspace=0.2)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    # legends to the right of the last column, beside their row, never over a curve
+    right = 1.0 - 1.4 / (3.4 * len(curves) + 1.4)
+    for row in (0, 1):
+        axes[row][-1].legend(
+            fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False
+        )
+    fig.subplots_adjust(left=0.07, right=right, bottom=0.11, top=0.93, hspace=0.12, wspace=0.2)
+    return fig

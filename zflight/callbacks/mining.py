@@ -77,8 +77,11 @@ class MiningCallback(VisualizationCallback):
         self._keyed_batch: Any = None
         self._keys: torch.Tensor | None = None
         self._maps: dict[str, torch.Tensor] = {}
-        self._seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.seen_labels: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._batch_indices: list[list[int]] | None = None
+        self._batch_idx = -1
+        # (keys, labels, validation indices) of the images this process saw
+        self.seen_labels: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def stored_channels(self, layer: str, model: nn.Module, probe: Probe | None) -> list[int]:
         """Channels of ``layer`` whose winning images are kept (and drawn)."""
@@ -87,7 +90,20 @@ class MiningCallback(VisualizationCallback):
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._trainer = trainer
+        self._batch_indices = validation_batch_indices(trainer)
         super().on_validation_epoch_start(trainer, pl_module)
+
+    @override
+    def on_validation_batch_start(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._batch_idx = batch_idx
+        super().on_validation_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
 
     @override
     def reset_stream(self) -> None:
@@ -134,8 +150,14 @@ class MiningCallback(VisualizationCallback):
                     and len(labels)
                     and len(images) % len(labels) == 0
                 ):
+                    crops = len(images) // len(labels)
+                    index = self._indices_of_batch(len(labels), labels.device)
                     self._seen.append(
-                        (self._keys, labels.repeat_interleave(len(images) // len(labels)))
+                        (
+                            self._keys,
+                            labels.repeat_interleave(crops),
+                            index.repeat_interleave(crops),
+                        )
                     )
             maxima = None
             if not own_output and pool_keeps_maximum(module, acts.shape[2:], output.shape[2:]):
@@ -158,33 +180,43 @@ class MiningCallback(VisualizationCallback):
             trunk = trunk_of(model)
             targets = {resolve_layer(trunk, layer): m for layer, m in self._miners.items()}
             x, keys = probe.images, image_keys(probe.images)
-            self._seen = [(keys, probe.labels)]
+            index = torch.as_tensor(probe.indices or [-1] * len(keys), device=keys.device)
+            self._seen = [(keys, probe.labels, index)]
             for i, module in enumerate(list(trunk)[: max(targets) + 1]):
                 x = module(x)
                 if i in targets:
                     targets[i].update(x, probe.images, keys)
         miners, seen = self._miners, self._seen
         self.reset_stream()
-        self.seen_labels = (
-            (torch.cat([k for k, _ in seen]), torch.cat([y for _, y in seen])) if seen else None
-        )
+        self.seen_labels = tuple(torch.cat(column) for column in zip(*seen)) if seen else None
         return {layer: m.result().gathered(ctx.all_gather).sorted() for layer, m in miners.items()}
 
-    def winner_labels(self, top: TopK, ctx: AnalysisContext) -> torch.Tensor:
-        """(F, k) class label of each stored winner (-1 where unknown), from the labels of the
-        validation images this process saw, combined over processes. Call on every rank."""
+    def _indices_of_batch(self, count: int, device: torch.device) -> torch.Tensor:
+        """The validation-set indices of the current batch's ``count`` images (-1 if unknown)."""
+        batches = self._batch_indices
+        if batches is not None and 0 <= self._batch_idx < len(batches):
+            index = batches[self._batch_idx]
+            if len(index) == count:
+                return torch.as_tensor(index, device=device)
+        return torch.full((count,), -1, device=device, dtype=torch.long)
+
+    def winner_info(self, top: TopK, ctx: AnalysisContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """(F, k) class label and (F, k) validation-set index of each stored winner (-1 where
+        unknown), from the validation images this process saw, combined over processes (one
+        gather). Call on every rank."""
         keys = top.keys[top.channels]
-        labels = torch.full_like(keys, -1)
+        found_info = torch.full((2, *keys.shape), -1, dtype=torch.long, device=keys.device)
         if self.seen_labels is not None:
-            seen_keys, seen_labels = (t.to(keys.device) for t in self.seen_labels)
+            seen_keys = self.seen_labels[0].to(keys.device)
+            info = torch.stack([c.to(keys.device).long() for c in self.seen_labels[1:]])
             order = seen_keys.argsort()
             sorted_keys = seen_keys[order]
             at = torch.searchsorted(sorted_keys, keys).clamp_max(len(sorted_keys) - 1)
             found = sorted_keys[at] == keys
-            labels = torch.where(found, seen_labels[order][at].long(), labels)
+            found_info = torch.where(found, info[:, order][:, at], found_info)
         if ctx.world_size > 1:
-            labels = ctx.all_gather(labels).view(-1, *keys.shape).amax(0)
-        return labels
+            found_info = ctx.all_gather(found_info).view(-1, *found_info.shape).amax(0)
+        return found_info[0], found_info[1]
 
     def crops(
         self, model: nn.Module, layer: str, top: TopK, probe: Probe
@@ -212,3 +244,16 @@ class MiningCallback(VisualizationCallback):
                 ]
             )
         return proj_tiles, patch_tiles
+
+
+def validation_batch_indices(trainer: pl.Trainer) -> list[list[int]] | None:
+    """The validation-set indices of each batch this process's validation loader yields, from its
+    batch sampler (Lightning's distributed sampler under DDP); None where it has none."""
+    loader = getattr(trainer, "val_dataloaders", None)
+    sampler = getattr(loader, "batch_sampler", None)
+    if sampler is None:
+        return None
+    try:
+        return [list(map(int, batch)) for batch in sampler]
+    except TypeError:
+        return None

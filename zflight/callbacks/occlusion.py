@@ -1,4 +1,4 @@
-"""Occlusion: what the network needs to see, mapped by sliding a gray square over each probe image
+"""Occlusion: what the network needs to see, mapped by sliding a grey patch over each probe image
 (Zeiler & Fergus 2013, Fig. 7), every N epochs."""
 
 from __future__ import annotations
@@ -134,8 +134,8 @@ class Occlusion(VisualizationCallback):
             else f"Scores use {len(scored.labels)} other validation images."
         )
         text = (
-            f"Occlusion of {len(panels)} probe images ({wrong} misclassified) by a {self.size} px "
-            f"square every {self.stride} px. Per image: "
+            f"Occlusion of {len(panels)} probe images ({wrong} misclassified) by a grey "
+            f"{self.size} px patch moved {self.stride} px at a time. Per image: "
             + self._shown("the true class", what, projections is not None)
             + " "
             + scores
@@ -183,7 +183,7 @@ class Occlusion(VisualizationCallback):
                 caption(img, f"p({true}) {fmt_percent(maps.base_prob[i])}"),
                 caption(
                     with_colorbar(overlay(img, prob[i], 0.6, "jet", 0.0, 1.0), 0.0, 1.0, "jet"),
-                    f"p({true}), square here",
+                    occluded_caption(true, prob[i]),
                 ),
                 label_tile(labels[i], names, img.shape[:2]),
             ]
@@ -201,11 +201,11 @@ class Occlusion(VisualizationCallback):
                 if projections is not None:
                     deconv = resize(contrast(projections[i]), img.shape[:2]) if hi > 0 else silent
                     tiles.append(caption(deconv, f"deconv {what}"))
-            verdict = "right" if t == pred else f"wrong: predicted {predicted}"
+            verdict = "classified correctly" if t == pred else f"misclassified as {predicted}"
             title = f"Occlusion, probe {i}: {true} ({verdict})"
             text = (
-                f"Occlusion of probe {i} (true {true}, predicted {predicted}) by a "
-                f"{self.size} px square every {self.stride} px: "
+                f"Occlusion of probe {i} (true {true}, predicted {predicted}) by a grey "
+                f"{self.size} px patch moved {self.stride} px at a time: "
                 + self._shown(true, what, projections is not None)
             )
             figures.append(Figure(title_bar(hstack(tiles, pad=2), title), text))
@@ -214,7 +214,7 @@ class Occlusion(VisualizationCallback):
     def _shown(self, true: str, what: str, projected: bool) -> str:
         """What one panel shows, in words (``what``: the tracked feature, "" without one)."""
         shown = [
-            f"p({true}) with the square at each position (colour bar 0 to 1)",
+            f"p({true}) with the grey patch centred at each position (colour bar 0 to 1)",
             "the most probable class there (legend)",
         ]
         if what:
@@ -225,6 +225,16 @@ class Occlusion(VisualizationCallback):
         if what and projected:
             shown.append("its deconvnet projection")
         return "; ".join(shown) + "."
+
+
+def occluded_caption(true: str, prob: torch.Tensor, flat: float = 0.01) -> str:
+    """The p(true) tile's caption. When the map varies by less than ``flat`` the patch changes
+    nothing anywhere (too small for the object): the caption says so, since the colour then only
+    tints the picture (the image's own tile gives p(true), unchanged)."""
+    lo, hi = float(prob.min()), float(prob.max())
+    if hi - lo < flat:
+        return f"p({true}): no effect"  # short: a tile is 128 px wide
+    return f"p({true}) if the patch is here"
 
 
 def label_tile(labels: torch.Tensor, names: list[str], size: tuple[int, int]) -> np.ndarray:

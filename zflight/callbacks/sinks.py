@@ -77,12 +77,14 @@ def compose(figs: list[Figure]) -> np.ndarray:
     return grid(tiles, ncols=1 if wide else math.ceil(math.sqrt(len(tiles))), pad=4)
 
 
-def png_caption(figs: list[Figure]) -> PngInfo | None:
-    """A single figure's caption as the PNG's ``Description`` text (the gallery shows it)."""
-    if len(figs) != 1 or not figs[0].caption:
+def png_caption(figs: list[Figure], fallback: str = "") -> PngInfo | None:
+    """A single figure's caption (``fallback`` when it has none) as the PNG's ``Description``
+    text, which the gallery shows under the picture."""
+    text = figs[0].caption or fallback if len(figs) == 1 else ""
+    if not text:
         return None
     info = PngInfo()
-    info.add_itxt("Description", figs[0].caption)  # UTF-8
+    info.add_itxt("Description", text)  # UTF-8
     return info
 
 
@@ -156,7 +158,8 @@ def write_outputs(
         for key, figs in figures.items():
             path = root / name / key / f"epoch_{epoch:04d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(compose(figs)).save(path, compress_level=1, pnginfo=png_caption(figs))
+            text = png_caption(figs, _default_caption(f"{name}/{key}", epoch, 0, 1))
+            Image.fromarray(compose(figs)).save(path, compress_level=1, pnginfo=text)
             finishes += _log_images(loggers, f"{name}/{key}", figs, epoch, step)
         for key, table in tables.items():
             finishes += _log_table(loggers, f"{name}/{key}", table, epoch, step)

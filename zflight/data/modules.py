@@ -9,7 +9,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from zflight.data.files import (
@@ -20,6 +20,15 @@ from zflight.data.files import (
     report_bad_files,
 )
 from zflight.data.shapes import ShapesDataset
+
+
+@rank_zero_only
+def say(text: str) -> None:
+    """One line on the console from rank 0 (printed, not logged: a run's console hides
+    Lightning's info messages, and rendering the data takes seconds the user should not wonder
+    about)."""
+    print(text, flush=True)
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -88,10 +97,10 @@ class ShapesDataModule(pl.LightningDataModule):
             except Exception:
                 path.unlink(missing_ok=True)
         what = f"{length} {('training', 'validation')[split]} images ({self.image_size} px)"
-        rank_zero_info(f"shapes: rendering {what} once; they are cached in {path}")
+        say(f"shapes: rendering {what} once; later runs read them from {path}")
         start = time.perf_counter()
         ds = ShapesDataset(**args)
-        rank_zero_info(f"shapes: rendered {what} in {time.perf_counter() - start:.1f} s")
+        say(f"shapes: rendered {what} in {time.perf_counter() - start:.1f} s")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")

@@ -11,7 +11,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from zflight.config import ConfigError
@@ -22,6 +22,7 @@ from zflight.run.checkpoints import AtomicCheckpointIO
 from zflight.run.run_dir import torchrun_processes
 from zflight.run.strategy import build_strategy
 from zflight.run.targets import instantiate
+from zflight.run.wandb_rows import LearningRate
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
@@ -82,6 +83,7 @@ def build_module(cfg: DictConfig, model: torch.nn.Module, num_classes: int) -> C
         o.pct_start,
         channels_last,
         cfg.trainer.compile,
+        warmup_steps=o.warmup_steps,
     )
 
 
@@ -115,13 +117,16 @@ def build_logger(cfg: DictConfig, run_dir: Path) -> Any:
         from lightning.pytorch.loggers import TensorBoardLogger
 
         return TensorBoardLogger(str(run_dir), name="tensorboard", version="")
-    from lightning.pytorch.loggers import WandbLogger
+    from zflight.callbacks.sinks import WRITER
+    from zflight.run.wandb_rows import EpochRowWandbLogger, point_wandb_into
 
     mode = wandb_mode(lg.mode)
     os.environ.setdefault("WANDB_SILENT", "true")
+    point_wandb_into(run_dir)
     id_file = run_dir / "wandb-id.txt"
     run_id = id_file.read_text().strip() if id_file.exists() else None
-    return WandbLogger(
+    return EpochRowWandbLogger(
+        ready=lambda: not WRITER.pending(),
         project=lg.project,
         entity=lg.entity,
         name=run_dir.name,
@@ -179,7 +184,7 @@ def build_trainer(
     best = ModelCheckpoint(
         run_dir / "checkpoints", filename="best", monitor="val/acc1", mode="max", save_top_k=1
     )
-    extra = [LearningRateMonitor("step")] if logger else []
+    extra = [LearningRate()] if logger else []
     return pl.Trainer(
         default_root_dir=str(run_dir),
         accelerator=t.accelerator,

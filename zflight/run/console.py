@@ -14,7 +14,7 @@ import warnings
 from typing import Any, TextIO
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelSummary
+from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
 from typing_extensions import override
 
 from zflight.callbacks.sinks import ANALYSIS_TIMES
@@ -25,12 +25,13 @@ IGNORED_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)",)
 QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric")
 
 
-def quiet_console(logger: Any = None) -> list[pl.Callback]:
+def quiet_console(logger: Any = None, progress: bool = True) -> list[pl.Callback]:
     """Quieten the console; returns the callbacks to hand to the Trainer.
 
     Call before building the Trainer (its notices come from its constructor) and before the W&B
     run starts (``logger``: the run's logger, if any). The callbacks replace Lightning's model
-    summary (whose FLOPs column is 0 for this model) with none and print the per-epoch analysis line.
+    summary (whose FLOPs column is 0 for this model) with none, print the per-epoch analysis line
+    and, with ``progress``, draw the progress bar (``ProgressBar``).
     """
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -38,7 +39,7 @@ def quiet_console(logger: Any = None) -> list[pl.Callback]:
         warnings.filterwarnings("ignore", message=pattern)
     warnings.showwarning = show_warning
     _quiet_wandb(logger)
-    return [ModelSummary(max_depth=0), AnalysisLine()]
+    return [ModelSummary(max_depth=0), AnalysisLine(), *([ProgressBar()] if progress else [])]
 
 
 def write_line(text: str, file: TextIO | None = None) -> None:
@@ -97,3 +98,26 @@ class AnalysisLine(pl.Callback):
         times = ANALYSIS_TIMES.take()
         if times and trainer.is_global_zero and not trainer.sanity_checking:
             write_line(analysis_line(trainer.current_epoch, times))
+
+
+# The progress bar's names for the metrics it shows: short, so that validation accuracy fits on a
+# 120-column terminal beside the training loss (the loggers keep the full names).
+PROGRESS_NAMES = {
+    "train/loss": "loss",
+    "train/acc": "acc",
+    "val/loss": "val_loss",
+    "val/acc1": "val_acc",
+}
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bar with short metric names and without ``v_num`` (the logger's
+    version, which says nothing here and pushed validation accuracy off a 120-column line)."""
+
+    @override
+    def get_metrics(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> dict[str, int | str | float | dict[str, float]]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return {PROGRESS_NAMES.get(k, k): v for k, v in items.items()}

@@ -116,12 +116,21 @@
     const node = el("section", { class: "card", id: "card-" + key, "data-key": key });
     const img = el("img", { loading: "lazy", decoding: "async", alt: key });
     const link = el("a", { class: "frame", title: "open at full size" }, img);
+    // the card keeps one size for every epoch: the frame box has the largest picture's shape, and
+    // every distinct caption sits, unseen, in the caption's cell so it takes the tallest one's height
+    const shown = frames.map((f) => (f[2] < 320 && f[3] < 320 ? 2 : 1));  // small ones at twice their size
+    const boxW = Math.max(...frames.map((f, k) => f[2] * shown[k]));
+    const boxH = Math.max(...frames.map((f, k) => f[3] * shown[k]));
+    link.style.maxWidth = boxW + "px";
+    link.style.aspectRatio = `${boxW} / ${boxH}`;
     const caption = el("p", { class: "caption" });
+    const sizers = [...new Set(frames.map((f) => f[4] || ""))].map((t) => el("p", { class: "caption sizer", "aria-hidden": "true", text: t }));
+    const captions = el("div", { class: "captions" }, caption, ...sizers);
     const prev = el("button", { type: "button", class: "prev", title: "previous epoch (←)", text: "◀" });
     const next = el("button", { type: "button", class: "next", title: "next epoch (→)", text: "▶" });
     const range = el("input", { type: "range", min: 0, max: frames.length - 1, step: 1, "aria-label": key + " epoch" });
     const label = el("span", { class: "epoch" });
-    node.append(el("h3", { text: key }), link, caption, el("div", { class: "controls", tabindex: 0 }, prev, range, next, label));
+    node.append(el("h3", { text: key }), link, captions, el("div", { class: "controls", tabindex: 0 }, prev, range, next, label));
     const widest = Math.max(...frames.map((f) => f[2]));
     if (widest > 700) node.classList.add("wide");  // would be scaled down in a half-width card
     let index = -1;
@@ -130,10 +139,10 @@
       if (i === index) return;
       index = i;
       const [epoch, path, w, h, text] = frames[i];
-      const scale = w < 320 ? 2 : 1;  // small pictures at twice their size, pixels kept sharp
+      const scale = shown[i];
       img.width = w * scale;
       img.height = h * scale;
-      img.classList.toggle("small", scale > 1);
+      img.classList.toggle("small", scale > 1);  // pixels kept sharp
       img.src = path;
       link.href = path;
       range.value = i;
@@ -165,6 +174,8 @@
     const main = document.getElementById("figures");
     const nav = document.getElementById("nav");
     const groups = new Map();
+    const titles = new Map(DATA.sections || []);
+    for (const [name] of DATA.sections || []) groups.set(name, { figures: [], scalars: [] });
     const group = (key) => key.split("/")[0];
     for (const key of Object.keys(DATA.figures)) {
       if (!groups.has(group(key))) groups.set(group(key), { figures: [], scalars: [] });
@@ -178,7 +189,8 @@
     const epochs = new Set();
     for (const [name, g] of groups) {
       nav.append(el("a", { href: "#" + name, text: name }));
-      main.append(el("h2", { id: name, text: name }));
+      const title = titles.get(name) || name;
+      main.append(el("h2", { id: name }, name, ...(title !== name ? [el("small", { text: " · " + title })] : [])));
       if (g.figures.length) {
         main.append(el("div", { class: "cards" }, ...g.figures.map((k) => card(k, DATA.figures[k]))));
         g.figures.forEach((k) => DATA.figures[k].forEach((f) => epochs.add(f[0])));
@@ -225,6 +237,24 @@
       missing: f.querySelectorAll("text.missing").length,
       path: (f.querySelector("path.series") || { getAttribute: () => "" }).getAttribute("d"),
     }));
+    out.sections = [...document.querySelectorAll("main h2")].map((h) => h.id);
+    out.viewport = document.documentElement.clientWidth;
+    out.page_width = document.documentElement.scrollWidth;
+    out.layout = cards.map((c) => {
+      const box = c.getBoundingClientRect();
+      const cap = c.querySelector("p.caption").getBoundingClientRect();
+      return { key: c.dataset.key, left: box.left, right: box.right, overflow: c.scrollWidth - c.clientWidth, caption_right: cap.right };
+    });
+    out.sizes = cards.map((c) => {  // the card's size at every epoch
+      const seen = [];
+      const range = c.querySelector("input[type=range]");
+      for (let i = 0; i <= Number(range.max); i++) {
+        range.value = i;
+        range.dispatchEvent(new Event("input"));
+        seen.push([c.offsetWidth, c.offsetHeight]);
+      }
+      return seen;
+    });
     out.images = document.querySelectorAll("img").length;
     out.lazy = document.querySelectorAll("img[loading=lazy]").length;
     out.external = [...document.querySelectorAll("[src],[href]")]
