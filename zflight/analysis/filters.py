@@ -122,7 +122,8 @@ class FilterReport:
         whose spectrum is as flat as white noise's); median cosine to the start and movement; mean
         band shares of the live filters, mid over white noise's (``band_mid_rel``); median peak
         frequency (cycles per input pixel) and share of live filters peaking in the mid band; mean
-        share above Nyquist and over white noise's (``aliasing_rel``); effective rank; share at the
+        share above Nyquist and over white noise's (``aliasing_rel``); median share above Nyquist
+        of what training added (``aliasing_learned``; of the whole filter without a start); effective rank; share at the
         RMS radius; never-active share when known."""
         n = len(self.rms)
         counts = self.counts()
@@ -146,6 +147,9 @@ class FilterReport:
                 "peak_mid": float(((peak >= BAND_EDGES[0]) & (peak < BAND_EDGES[1])).sum())
                 / n_live,
                 "aliasing_mean": mean_alias,
+                "aliasing_learned": float(self.aliasing_learned[live].median())
+                if bool(live.any())
+                else math.nan,
                 "aliasing_rel": _ratio(mean_alias, self.aliasing_noise),
                 "effective_rank": self.effective_rank,
                 "at_radius": float(self.at_radius.float().mean()),
