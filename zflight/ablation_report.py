@@ -247,7 +247,7 @@ def write_report(
         "movement, not structure: a filter can move little and still carry structure. **No structure** needs no start: the filter's power spectrum is "
         "as flat as white noise's (spectral entropy within 6 SD of the mean of 500 white-noise "
         "filters of its shape). **Dead**: collapsed (RMS under 0.1 x the layer's 90th percentile) "
-        "or never positive on the validation set. **Aliased**: trained, and what training added "
+        "or almost never active (at most 1 in 1,000 validation entries). **Aliased**: trained, and what training added "
         "is a structured pattern with over half its energy above the layer's Nyquist frequency "
         f"1/(2 stride); white noise puts {noise_aliasing(4):.3f} of its energy there at stride "
         f"4 and {noise_aliasing(2):.3f} at stride 2, so the continuous **share above Nyquist** "
