@@ -185,3 +185,28 @@ def test_layout_holds_and_cards_keep_their_size(tmp_path, width):
         assert card["caption_right"] <= card["right"], card
     for key, sizes in zip(check["keys"], check["sizes"], strict=True):
         assert len(set(map(tuple, sizes))) == 1, f"{key} changes size between epochs: {sizes}"
+
+
+@needs_chromium
+def test_baselines_are_reference_lines_in_their_score_chart(tmp_path):
+    run = tmp_path / "run"
+    for epoch in range(3):
+        trainer = SimpleNamespace(
+            default_root_dir=str(run), current_epoch=epoch, global_step=epoch + 1, loggers=[]
+        )
+        scalars = {
+            "pointing_game": 0.5 + 0.1 * epoch,
+            "pointing_game_baseline_centre": 0.6,
+            "pointing_game_baseline_random": 0.2,
+            "pointing_game_margin": 0.1 * epoch - 0.1,
+            "lonely_baseline_centre": 1.0,  # no score of that name: a chart of its own
+        }
+        write_outputs(trainer, "att", VizResult(scalars=scalars), background=False)
+    page = (run / "viz" / "index.html").as_uri() + "#selftest"
+    dom = chromium(tmp_path, "--dump-dom", page).stdout
+    check = json.loads(html.unescape(re.search(r'<pre id="selftest">(.*?)</pre>', dom).group(1)))
+    charts = {c["key"]: c for c in check["charts"]}
+    assert set(charts) == {"pointing_game", "pointing_game_margin", "lonely_baseline_centre"}
+    assert charts["pointing_game"]["points"] == 3
+    assert charts["pointing_game"]["references"] == [3, 3]  # centre and random, 3 epochs each
+    assert charts["pointing_game_margin"]["references"] == []

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from zflight.analysis.localization import dilate, mass_in_mask, peak_pixel, pointing_game
+from zflight.analysis.localization import (
+    baseline_scores,
+    centre_map,
+    dilate,
+    mass_in_mask,
+    peak_pixel,
+    pointing_game,
+    scores_with_baselines,
+)
 
 
 def test_pointing_game_hits_misses_and_tolerance():
@@ -52,3 +61,64 @@ def test_pointing_game_points_at_the_middle_of_a_tied_block():
     # a single maximum is found as by argmax
     maps[0, 30, 2] = 2.0
     assert peak_pixel(maps).tolist() == [30 * 32 + 2]
+
+
+def test_no_positive_evidence_points_at_nothing_and_rounding_ties():
+    masks = torch.ones(3, 8, 8, dtype=torch.bool)
+    maps = torch.zeros(3, 8, 8)
+    maps[1] = -1.0
+    maps[2, 3, 3] = 1e-12  # the only positive value is rounding against the map's magnitude
+    maps[2, 0, 0] = -1.0
+    assert pointing_game(maps, masks).tolist() == [False, False, False]
+    assert mass_in_mask(maps, masks).tolist() == [0.0, 0.0, 0.0]
+    block = torch.zeros(1, 8, 8)
+    block[0, 2:6, 2:6] = 1.0
+    block[0, 2, 2] = 1.0 + 1e-7  # equal but for rounding: still one tied block
+    assert peak_pixel(block).tolist() == [3 * 8 + 3]
+
+
+def test_centre_baseline_and_random_expectations_on_constructed_masks():
+    masks = torch.zeros(2, 10, 10, dtype=torch.bool)
+    masks[0, 4:7, 4:7] = True  # on the centre
+    masks[1, 0:2, 0:5] = True  # in a corner
+    base = baseline_scores(masks, tolerance=0)
+    assert base["centre_pointing_game"].tolist() == [1.0, 0.0]
+    assert base["random_pointing_game"].tolist() == [0.09, 0.10]
+    assert base["random_mass_in_mask"].tolist() == [0.09, 0.10]
+    g = centre_map(10, 10).double()
+    expected = [(g[4:7, 4:7].sum() / g.sum()).item(), (g[0:2, 0:5].sum() / g.sum()).item()]
+    torch.testing.assert_close(base["centre_mass_in_mask"], torch.tensor(expected).double())
+    # the expectations are what many uniform random maps score on average
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.rand(4000, 10, 10, generator=gen)
+    for k in range(2):
+        m = masks[k].expand(4000, 10, 10)
+        hits = pointing_game(noise, m, tolerance=0).double().mean().item()
+        assert abs(hits - base["random_pointing_game"][k].item()) < 0.015
+        mass = mass_in_mask(noise, m).double().mean().item()
+        assert abs(mass - base["random_mass_in_mask"][k].item()) < 0.005
+
+
+def test_scores_with_baselines_give_the_margin_over_the_better_baseline():
+    masks = torch.zeros(2, 10, 10, dtype=torch.bool)
+    masks[:, 0:2, 0:5] = True
+    maps = torch.zeros(2, 10, 10)
+    maps[0, 0, 0] = 1.0  # on the object
+    maps[1, 9, 9] = 1.0  # off it
+    s = scores_with_baselines(maps, masks, prefix="m_", tolerance=0)
+    assert s["m_pointing_game"] == 0.5 and s["m_mass_in_mask"] == 0.5
+    assert s["m_pointing_game_baseline_centre"] == 0.0
+    assert s["m_pointing_game_baseline_random"] == 0.1
+    assert s["m_pointing_game_margin"] == 0.5 - 0.1
+    assert s["m_mass_in_mask_baseline_centre"] < 0.1  # a corner object: random is the better
+    assert s["m_mass_in_mask_margin"] == pytest.approx(0.5 - 0.1)
+
+
+def test_dilate_equals_a_convolution_with_the_disk():
+    masks = torch.rand(5, 23, 31, generator=torch.Generator().manual_seed(0)) > 0.93
+    for radius in (1.0, 1.5, 2.9, 4.3):
+        r = int(radius)
+        d = torch.arange(-r, r + 1, dtype=torch.float32)
+        disk = ((d[:, None] ** 2 + d[None, :] ** 2) <= radius**2).float()[None, None]
+        conv = torch.nn.functional.conv2d(masks[:, None].float(), disk, padding=r)[:, 0] > 0
+        assert torch.equal(dilate(masks, radius), conv)

@@ -87,7 +87,16 @@ def test_scores_and_panels_on_a_model_with_known_evidence():
     assert hits == [True, False]  # image 1: occluding its evidence only raises p(true)
     assert 0.3 < shares[0] < 0.7  # windows that overlap the mask also drop outside it
     assert result.scalars["pointing_game"] == pytest.approx(np.mean(hits))
-    assert result.scalars["drop_mass_in_mask"] == pytest.approx(np.mean(shares), abs=1e-5)
+    assert result.scalars["mass_in_mask"] == pytest.approx(np.mean(shares), abs=1e-5)
+    # the baselines on the same masks: the centre pixel (9, 9) is on object 0 (within the 1.34 px
+    # tolerance), not on object 1; a random map's expectations are the masks' shares
+    grown = _grown_by_one(probe.masks.numpy())
+    assert result.scalars["pointing_game_baseline_centre"] == 0.5
+    assert result.scalars["pointing_game_baseline_random"] == pytest.approx(grown.mean())
+    assert result.scalars["mass_in_mask_baseline_random"] == pytest.approx((36 + 36) / 800)
+    best = max(0.5, grown.mean())
+    assert result.scalars["pointing_game_margin"] == pytest.approx(np.mean(hits) - best)
+    assert "pointing game 0.50 (centre 0.50, random" in fig_caption(result)
     fig = result.figures["panels"]  # one figure: a titled panel per probe image, stacked
     assert fig.image.dtype == np.uint8 and fig.image.ndim == 3
     assert fig.caption.startswith(
@@ -106,12 +115,29 @@ def test_scores_and_panels_on_a_model_with_known_evidence():
     assert "deconvnet" not in panel.caption
 
 
+def fig_caption(result) -> str:
+    return result.figures["panels"].caption
+
+
+def _grown_by_one(masks: np.ndarray) -> np.ndarray:
+    """Masks dilated by the default tolerance at 20 px (1.34 px: the 4-neighbours)."""
+    grown = masks.copy()
+    grown[:, 1:] |= masks[:, :-1]
+    grown[:, :-1] |= masks[:, 1:]
+    grown[:, :, 1:] |= masks[:, :, :-1]
+    grown[:, :, :-1] |= masks[:, :, 1:]
+    return grown
+
+
 def test_other_ranks_gather_and_return_nothing():
     model, probe = _region_probe()
     cb = Occlusion(size=K, stride=4, feature_layer="conv1", strict=True)
     ctx = FakeContext(rank=1, world_size=2)
     assert cb.analyze(model, probe, ctx) is None
-    assert ctx.gathered == [25]  # 2 images x 25 positions, half each, one collective
+    # 2 images x 25 positions, half each, one collective; then the deletion and insertion
+    # curves: 2 orders (the drop map's, a random one) x 2 modes x 2 images x 9 inner steps, and
+    # the curves' 2 ends per image, half each
+    assert ctx.gathered == [25, (2 * 2 * 2 * 9 + 2 * 2) // 2]
 
 
 def test_model_without_trunk_gets_three_tiles_and_no_scores():
@@ -121,7 +147,12 @@ def test_model_without_trunk_gets_three_tiles_and_no_scores():
     ).eval()
     probe = Probe(torch.randn(2, 3, 16, 16), torch.tensor([0, 2]), None)
     result = Occlusion(size=4, stride=4, strict=True).analyze(model, probe, FakeContext())
-    assert result.scalars == {}
+    assert "pointing_game" not in result.scalars  # no masks: no localisation scores
+    assert set(result.scalars) == {
+        f"{mode}_{what}"
+        for mode in ("deletion", "insertion")
+        for what in ("auc", "auc_baseline_random", "margin")
+    }
     panel = result.figures["panels"].image
     assert 3 * 128 <= panel.shape[1] < 4 * 128 + 60  # the p(true) tile carries a colour bar
 
@@ -174,8 +205,10 @@ def test_fit_writes_panels_and_scores(tmp_path):
         json.loads(line) for line in (tmp_path / "viz" / "scalars.jsonl").read_text().splitlines()
     ]
     keys = {r["key"] for r in lines}
-    assert {"occlusion/pointing_game", "occlusion/drop_mass_in_mask"} <= keys
-    assert all(0.0 <= r["value"] <= 1.0 for r in lines if r["key"].startswith("occlusion/"))
+    assert {"occlusion/pointing_game", "occlusion/mass_in_mask"} <= keys
+    shares = [r for r in lines if r["key"].startswith("occlusion/") and "margin" not in r["key"]]
+    assert all(0.0 <= r["value"] <= 1.0 for r in shares)
+    assert all(-1.0 <= r["value"] <= 1.0 for r in lines if "margin" in r["key"])
     scored = cb._scores.get(trainer, cb.probe(trainer, torch.device("cpu")))
     assert len(scored.labels) == 12 and scored.masks is not None
     game = next(r["value"] for r in lines if r["key"] == "occlusion/pointing_game")
@@ -191,3 +224,27 @@ def test_p_true_caption_names_the_patch_and_says_when_it_changes_nothing():
     flat = torch.full((4, 4), 0.998)
     flat[0, 0] = 0.995
     assert occluded_caption("circle", flat) == "p(circle): no effect"
+
+
+class Blind(nn.Module):
+    """Logits that ignore the image: no patch changes anything."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.tensor([3.0, 0.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bias.expand(len(x), 2) + 0 * x.mean()
+
+
+def test_a_patch_that_changes_nothing_is_said_so_in_the_caption():
+    _, probe = _region_probe()
+    cb = Occlusion(size=K, stride=4, deconv=False, score_probes=0, strict=True)
+    with torch.no_grad():
+        fig = cb.analyze(Blind(), probe, FakeContext()).figures["panels"]
+    assert "On 2 of 2 images the patch changes p(true class) nowhere ('no effect')" in fig.caption
+    model, probe = _region_probe()
+    seeing = Occlusion(size=K, stride=4, feature_layer="conv1", deconv=False, strict=True)
+    with torch.no_grad():
+        fig = seeing.analyze(model, probe, FakeContext()).figures["panels"]
+    assert "no effect" not in fig.caption

@@ -70,7 +70,10 @@ def test_heatmaps_figure_and_scores_match_the_analysis(model):
     cb = HeatMaps(num_rows=2)
     assert cb.name == "heatmaps" and cb.grad
     result = run(cb, model, probe)
-    assert set(result.figures) <= {"maps", "misclassified"}  # an untrained net misclassifies
+    # no start weights: no sanity check; an untrained net misclassifies
+    assert (
+        {"maps", "faithfulness"} <= set(result.figures) <= {"maps", "misclassified", "faithfulness"}
+    )
     fig = result.figures["maps"]
     assert_picture(fig.image)
     assert 2 * 128 < fig.image.shape[0] < 3 * 128 + 80  # 2 rows of 128 px tiles and a title
@@ -85,8 +88,17 @@ def test_heatmaps_figure_and_scores_match_the_analysis(model):
         "saliency_pointing_game": pointing_game(sal, probe.masks).float().mean().item(),
         "saliency_mass_in_mask": mass_in_mask(sal, probe.masks).mean().item(),
     }
-    assert result.scalars == pytest.approx(expected, abs=1e-6)
+    assert {k: result.scalars[k] for k in expected} == pytest.approx(expected, abs=1e-6)
     assert 0 < expected["saliency_mass_in_mask"] < 1
+    for prefix in ("", "saliency_"):  # each score beside both baselines, and its margin
+        for score in ("pointing_game", "mass_in_mask"):
+            s = {
+                k: result.scalars[f"{prefix}{score}{k}"]
+                for k in ("", "_baseline_centre", "_baseline_random", "_margin")
+            }
+            best = max(s["_baseline_centre"], s["_baseline_random"])
+            assert s["_margin"] == pytest.approx(s[""] - best)
+    assert "Grad-CAM: pointing game" in fig.caption and "saliency: pointing game" in fig.caption
 
 
 def test_misclassified_rows_are_the_wrong_images_in_order():
@@ -116,7 +128,7 @@ def test_heatmaps_keep_the_probes_in_order_and_show_the_misclassified_apart(mode
 
 
 def test_heatmaps_without_masks_log_no_scores(model):
-    result = run(HeatMaps(), model, make_probe(masks=False))
+    result = run(HeatMaps(faithfulness_every_n_epochs=0), model, make_probe(masks=False))
     assert result.scalars == {} and "maps" in result.figures
 
 

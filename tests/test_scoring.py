@@ -107,7 +107,7 @@ def test_occlusion_scores_are_those_of_its_64_score_images():
     expected = pointing_game(drops, scored.masks).float().mean().item()
     assert result.scalars["pointing_game"] == pytest.approx(expected)
     assert result.scalars["pointing_game"] * 64 == pytest.approx(round(expected * 64))
-    assert result.scalars["drop_mass_in_mask"] == pytest.approx(
+    assert result.scalars["mass_in_mask"] == pytest.approx(
         mass_in_mask(drops, scored.masks).mean().item(), abs=1e-6
     )
     assert result.figures["panels"].caption.startswith("Occlusion of 3 probe images")  # drawn only

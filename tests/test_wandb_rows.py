@@ -100,3 +100,28 @@ def test_epoch_as_float_or_int(epoch):
     logger.log_metrics({"x": 1.0, "epoch": epoch}, step=1)
     logger.commit_rows()
     assert run.rows == [{"x": 1.0, "epoch": epoch, "trainer/global_step": 1}]
+
+
+class Refusing(FakeRun):
+    """Refuses a row that holds a picture, as W&B does for a value it cannot serialise."""
+
+    def log(self, data: dict, commit: bool = True) -> None:
+        if any(not isinstance(v, (int, float, str)) for v in data.values()):
+            raise ValueError("cannot serialise")
+        super().log(data, commit)
+
+
+def test_a_row_that_cannot_be_logged_keeps_its_numbers_and_the_run_goes_on():
+    run = Refusing()
+    logger = EpochRowWandbLogger(project="p", experiment=run)
+    logger.log_metrics({"val/acc1": 0.5, "deconv/conv1": object(), "epoch": 0}, step=9)
+    with pytest.warns(UserWarning, match="could not log epoch 0 to W&B .* without deconv/conv1"):
+        logger.commit_rows()
+    assert run.rows == [{"val/acc1": 0.5, "epoch": 0, "trainer/global_step": 9}]
+
+
+def test_the_logger_pickles_for_spawned_processes():
+    import pickle
+
+    logger = EpochRowWandbLogger(project="p")
+    assert pickle.loads(pickle.dumps(logger.__dict__["_ready"]))() in (True, False)

@@ -106,3 +106,17 @@ def saliency(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> t
             maps.append(grad.float().abs().amax(dim=1))
     sal = torch.stack(maps, 1)
     return sal[:, 0] if torch.as_tensor(targets).dim() == 1 else sal
+
+
+def reduce_channels(attributions: torch.Tensor, how: str = "sum") -> torch.Tensor:
+    """(N, C, H, W) attributions to (N, H, W) maps: ``sum`` over channels (signed), ``abs_sum``
+    or ``max_abs``; (N, H, W) input is returned as is."""
+    if attributions.dim() == 3:
+        return attributions
+    if how == "sum":
+        return attributions.sum(1)
+    if how == "abs_sum":
+        return attributions.abs().sum(1)
+    if how == "max_abs":
+        return attributions.abs().amax(1)
+    raise ValueError(f"reduce must be one of sum, abs_sum, max_abs; got {how!r}")

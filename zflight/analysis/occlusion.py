@@ -72,10 +72,14 @@ class OcclusionMaps:
     lefts: list[int]
     size: tuple[int, int]
     image_size: tuple[int, int]
+    rtol: float = 1e-4
 
     def drop(self) -> Tensor:
-        """(N, rows, cols) fall in true-class probability caused by the occluder."""
-        return self.base_prob[:, None, None] - self.prob
+        """(N, rows, cols) fall in true-class probability caused by the occluder; a fall within
+        ``rtol`` of the image's base probability is rounding and counts as zero (``zero_rtol``)."""
+        drop = self.base_prob[:, None, None] - self.prob
+        small = drop.abs() <= self.rtol * self.base_prob[:, None, None]
+        return torch.where(small, torch.zeros_like(drop), drop)
 
     def upsample(self, values: Tensor) -> Tensor:
         """(N, H, W): each pixel is the mean of ``values`` (N, rows, cols) over the windows covering it."""
@@ -255,7 +259,17 @@ def occlusion_maps(
     base = (base_prob_of(logits, labels), logits.argmax(1), base_total)
     feature = feature if tap is not None else None
     geometry = (tops, lefts, (kh, kw), (height, width))
-    return OcclusionMaps(prob, label.round().long(), feature, channel, *base, *geometry)
+    maps = OcclusionMaps(prob, label.round().long(), feature, channel, *base, *geometry)
+    maps.rtol = zero_rtol(logits.dtype)
+    return maps
+
+
+def zero_rtol(dtype: torch.dtype) -> float:
+    """The relative change in a class probability that rounding alone can cause when logits are
+    computed in ``dtype``: 1e-4 in float32 (d p / p = (1 - p) d logit, and float32 logits of a
+    ZFNet-sized net round far below 1e-4), 8 machine epsilons in half precision (0.06 in bfloat16)."""
+    eps = torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
+    return max(1e-4, 8 * eps)
 
 
 def base_prob_of(logits: Tensor, labels: Tensor) -> Tensor:

@@ -18,15 +18,15 @@ from zflight.analysis.images import (
     title_bar,
     with_colorbar,
 )
-from zflight.analysis.localization import mass_in_mask, pointing_game
-from zflight.callbacks.base import AnalysisContext, VisualizationCallback
+from zflight.callbacks.attribution_checks import AttributionCallback, score_text
+from zflight.callbacks.base import AnalysisContext
 from zflight.callbacks.results import Figure, Probe, VizResult
-from zflight.callbacks.scoring import ScoreProbes
+from zflight.callbacks.scoring import ScoreProbes, joined
 
 _RIGHT, _WRONG, _WHITE = (40, 160, 40), (200, 40, 40), (255, 255, 255)
 
 
-class HeatMaps(VisualizationCallback):
+class HeatMaps(AttributionCallback):
     """Grad-CAM for the true and the predicted class, and input-gradient saliency.
 
     Figure ``maps``: one row per image: the image (green frame if predicted right, red if
@@ -38,7 +38,11 @@ class HeatMaps(VisualizationCallback):
     ``mass_in_mask`` score the true-class Grad-CAM over ``score_probes`` validation images drawn
     separately from the probes, exactly as the occlusion callback scores its maps
     (``saliency_pointing_game`` and ``saliency_mass_in_mask`` the saliency map), so both methods
-    share a chart.
+    share a chart; each beside the same score of the image centre and of a uniform random map
+    (``..._baseline_centre``, ``..._baseline_random``) and its margin over the better one.
+    Figures ``faithfulness`` (deletion and insertion curves against a random order, with the
+    AUCs as scalars) and ``sanity`` (the maps as the layers are randomised from the top) come
+    from ``AttributionCallback``.
 
     Args:
         layer: the conv layer Grad-CAM reads (``conv5`` by default). When the module after it in
@@ -48,13 +52,15 @@ class HeatMaps(VisualizationCallback):
         tile: pictures are enlarged to at least this many pixels a side.
         score_probes: validation images the scores are computed on (a seeded set of their own;
             0 scores the probes).
-        **kwargs: schedule and probe options of ``VisualizationCallback``.
+        **kwargs: the checks' options of ``AttributionCallback`` (faithfulness, sanity) and the
+            schedule and probe options of ``VisualizationCallback``.
 
     Example:
         >>> HeatMaps(layer="conv4", every_n_epochs=2)
     """
 
     name = "heatmaps"
+    methods = {"": "Grad-CAM", "saliency_": "saliency"}
 
     def __init__(
         self,
@@ -76,7 +82,7 @@ class HeatMaps(VisualizationCallback):
     @override
     def analyze(self, model: nn.Module, probe: Probe, ctx: AnalysisContext) -> VizResult:
         scored = self._scores.get(getattr(ctx, "trainer", None), probe)
-        both = probe if scored is probe else _joined(probe, scored)
+        both = probe if scored is probe else joined(probe, scored)
         x, labels = both.images, both.labels
         target = rectified_layer(model, self.layer)
         with ctx.autocast():
@@ -85,22 +91,51 @@ class HeatMaps(VisualizationCallback):
             preds = probs.argmax(1)
             cams = gradcam(model, x, target, torch.stack([labels, preds], 1))
             sal = saliency(model, x, labels)
+        part = slice(0, len(x)) if scored is probe else slice(len(probe.labels), len(x))
+        maps = {"": cams[part, 0], "saliency_": sal[part]}
         scalars: dict[str, float] = {}
+        figures: dict[str, Figure] = {}
         if scored.masks is not None:
-            part = slice(0, len(x)) if scored is probe else slice(len(probe.labels), len(x))
-            masks = scored.masks.bool()
-            for prefix, maps in (("", cams[part, 0]), ("saliency_", sal[part])):
-                scalars[f"{prefix}pointing_game"] = pointing_game(maps, masks).float().mean().item()
-                scalars[f"{prefix}mass_in_mask"] = mass_in_mask(maps, masks).mean().item()
+            scalars.update(self.localisation(maps, scored.masks))
+        if self.due(self.faithfulness_every_n_epochs, ctx):
+            fills = self.fills(scored)
+            values, fig = self.faithfulness(model, scored.images, scored.labels, fills, maps, ctx)
+            scalars.update(values)
+            if fig is not None:
+                figures["faithfulness"] = fig
+        if self.due(self.sanity_every_n_epochs, ctx):
+            few = slice(0, min(self.sanity_probes, len(probe.labels)))
+            values, fig, _ = self.sanity(
+                model,
+                self._attribute(probe.images[few], probe.labels[few], ctx),
+                probe.display()[few],
+                ctx,
+            )
+            scalars.update(values)
+            if fig is not None:
+                figures["sanity"] = fig
         num_scored = 0 if scored is probe else len(scored.labels)
         rows = list(range(min(len(probe.labels), self.num_rows)))
-        figures = {"maps": self._figure(both, rows, probs, cams, sal, num_scored, ctx.epoch)}
+        figures["maps"] = self._figure(both, rows, probs, cams, sal, num_scored, ctx.epoch)
+        scores = " ".join(score_text(scalars, p, n) for p, n in self.methods.items())
+        if scores:
+            figures["maps"].caption += " " + scores
         wrong = misclassified_rows(preds != labels, self.num_rows)
         if wrong:
             figures["misclassified"] = self._figure(
                 both, wrong, probs, cams, sal, num_scored, ctx.epoch, "misclassified"
             )
         return VizResult(figures=figures, scalars=scalars)
+
+    def _attribute(self, images: torch.Tensor, labels: torch.Tensor, ctx: AnalysisContext):
+        """Every method's maps of ``images`` on a given network (the sanity check's copies)."""
+
+        def attribute(net: nn.Module) -> dict[str, torch.Tensor]:
+            with ctx.autocast():
+                cam = gradcam(net, images, rectified_layer(net, self.layer), labels)
+                return {"": cam, "saliency_": saliency(net, images, labels)}
+
+        return attribute
 
     def _figure(
         self,
@@ -179,20 +214,6 @@ def misclassified_rows(wrong: torch.Tensor, num_rows: int) -> list[int]:
     """Rows of the ``misclassified`` figure: the misclassified images (probes, then the score
     set, in order); at most ``num_rows``."""
     return [i for i, w in enumerate(wrong.tolist()) if w][:num_rows]
-
-
-def _joined(a: Probe, b: Probe) -> Probe:
-    """One probe of ``a``'s images followed by ``b``'s (the same normalisation and classes)."""
-    masks = None if a.masks is None or b.masks is None else torch.cat([a.masks, b.masks])
-    return Probe(
-        torch.cat([a.images, b.images]),
-        torch.cat([a.labels, b.labels]),
-        masks,
-        a.mean,
-        a.std,
-        a.class_names,
-        a.indices + b.indices,
-    )
 
 
 def _same_tile(size: tuple[int, int]) -> np.ndarray:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from zflight.callbacks.results import Probe
 
 SCORE_SEED_OFFSET = 1_000_003  # the score set is drawn independently of the drawn probes
@@ -52,3 +54,17 @@ class ScoreProbes:
             dataset, info = found
             self._probe = Probe.from_dataset(dataset, self.num, self.seed, **info)
         return self._probe.to(drawn.images.device)
+
+
+def joined(a: Probe, b: Probe) -> Probe:
+    """One probe of ``a``'s images followed by ``b``'s (the same normalisation and classes)."""
+    masks = None if a.masks is None or b.masks is None else torch.cat([a.masks, b.masks])
+    return Probe(
+        torch.cat([a.images, b.images]),
+        torch.cat([a.labels, b.labels]),
+        masks,
+        a.mean,
+        a.std,
+        a.class_names,
+        a.indices + b.indices,
+    )

@@ -117,7 +117,6 @@ def build_logger(cfg: DictConfig, run_dir: Path) -> Any:
         from lightning.pytorch.loggers import TensorBoardLogger
 
         return TensorBoardLogger(str(run_dir), name="tensorboard", version="")
-    from zflight.callbacks.sinks import WRITER
     from zflight.run.wandb_rows import EpochRowWandbLogger, point_wandb_into
 
     mode = wandb_mode(lg.mode)
@@ -126,7 +125,6 @@ def build_logger(cfg: DictConfig, run_dir: Path) -> Any:
     id_file = run_dir / "wandb-id.txt"
     run_id = id_file.read_text().strip() if id_file.exists() else None
     return EpochRowWandbLogger(
-        ready=lambda: not WRITER.pending(),
         project=lg.project,
         entity=lg.entity,
         name=run_dir.name,

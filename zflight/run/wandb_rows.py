@@ -18,7 +18,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
 STEP = "trainer/global_step"
@@ -46,6 +46,14 @@ def point_wandb_into(run_dir: Path) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
 
 
+def writer_idle() -> bool:
+    """Whether the background writer has logged everything handed to it (a module function, not
+    a lambda, so that the logger pickles for spawned processes)."""
+    from zflight.callbacks.sinks import WRITER
+
+    return not WRITER.pending()
+
+
 def merge_epoch(values: dict[str, list[Any]]) -> dict[str, Any]:
     """One row from the values each key received during an epoch: numbers under ``train/`` are
     averaged, everything else (pictures, tables, validation metrics, the step) keeps its last."""
@@ -68,13 +76,14 @@ class EpochRowWandbLogger(WandbLogger):
     later epoch has begun; ``commit_rows()`` writes every row, and runs when the logger finalizes.
 
     Args:
-        ready: whether every output of past epochs has been logged (default: always).
+        ready: whether every output of past epochs has been logged (default: the background
+            writer is idle, ``writer_idle``).
         **kwargs: ``WandbLogger``'s arguments.
     """
 
     def __init__(self, *args: Any, ready: Callable[[], bool] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._ready = ready or (lambda: True)
+        self._ready = ready or writer_idle
         self._rows: dict[int, dict[str, list[Any]]] = {}
         self._latest = -1
 
@@ -84,7 +93,7 @@ class EpochRowWandbLogger(WandbLogger):
         epoch = metrics.get("epoch", max(self._latest, 0))
         epoch = int(epoch) if isinstance(epoch, (int, float)) else max(self._latest, 0)
         if epoch < self._latest and epoch not in self._rows:  # its row is written: a row of its own
-            self.experiment.log(dict(metrics, **({STEP: step} if step is not None else {})))
+            self._log_row(epoch, dict(metrics, **({STEP: step} if step is not None else {})))
             return
         self._latest = max(self._latest, epoch)
         row = self._rows.setdefault(epoch, {})
@@ -105,7 +114,24 @@ class EpochRowWandbLogger(WandbLogger):
             row = merge_epoch(values)
             if STEP in values:  # the x axis of the line charts: the epoch's validation step
                 row[STEP] = max(values[STEP])
+            self._log_row(epoch, row)
+
+    def _log_row(self, epoch: int, row: dict[str, Any]) -> None:
+        """Write one row; a failure to log never ends a run: the row goes again with its plain
+        numbers only, and a warning names what was lost."""
+        try:
             self.experiment.log(row)
+        except Exception as exc:
+            numbers = {k: v for k, v in row.items() if isinstance(v, (int, float, str))}
+            lost = sorted(set(row) - set(numbers))
+            rank_zero_warn(
+                f"could not log epoch {epoch} to W&B ({exc!r}); logging its numbers without "
+                f"{', '.join(lost) or 'anything else'}"
+            )
+            try:
+                self.experiment.log(numbers)
+            except Exception as again:
+                rank_zero_warn(f"could not log epoch {epoch} to W&B at all: {again!r}")
 
     @override
     @rank_zero_only

@@ -5,6 +5,9 @@
   const DATA = JSON.parse(document.getElementById("gallery-data").textContent);
   const SVG = "http://www.w3.org/2000/svg";
   const COLOURS = ["#2f6fde", "#e4572e", "#17a398", "#8e6bbf", "#c9a227"];
+  // ``<score>_baseline_<name>`` scalars are drawn in their score's chart as reference lines
+  const BASELINE = /^(.*)_baseline_([a-z]+)$/;
+  const REFERENCE = { centre: "#c0392b", random: "#7f8c8d" };
   const cards = [];
 
   function el(tag, attrs, ...children) {
@@ -39,7 +42,8 @@
     const W = opts.width || 300, H = opts.height || 140;
     const m = { l: 46, r: 10, t: 8, b: 24 };
     const finite = series.flatMap((s) => s.points.filter((p) => p[1] !== null && isFinite(p[1])));
-    const latest = series.length === 1 && finite.length ? fmt(series[0].points.at(-1)[1]) : "";
+    const main = series.filter((s) => !s.reference);
+    const latest = main.length === 1 && finite.length ? fmt(main[0].points.at(-1)[1]) : "";
     const legend = el("span", { class: "legend" });
     const fig = el("figure", { class: "chart", "data-key": title },
       el("figcaption", {}, el("span", { text: title }), legend, el("b", { text: latest })));
@@ -69,7 +73,16 @@
     });
     svg.append(svgEl("text", { x: W - m.r, y: H - 1, "text-anchor": "end" }, "epoch"));
     series.forEach((s, k) => {
-      const colour = COLOURS[k % COLOURS.length];
+      const colour = s.reference ? REFERENCE[s.reference] || "#888" : COLOURS[k % COLOURS.length];
+      if (s.reference) {  // a baseline: a dashed line without dots
+        const pts = s.points.filter((p) => p[1] !== null && isFinite(p[1]));
+        const d = pts.map((p, i) => `${i ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" ");
+        const line = svgEl("path", { class: "reference", d: d, stroke: colour, "stroke-dasharray": "4 3", fill: "none" });
+        line.append(svgEl("title", {}, `${s.name} baseline, epoch ${pts.length ? pts.at(-1)[0] : ""}: ${pts.length ? fmt(pts.at(-1)[1]) : "–"}`));
+        svg.append(line);
+        legend.append(el("span", { style: `color:${colour}`, text: "┄ " + s.name }));
+        return;
+      }
       let d = "", pen = "M";
       for (const [e, v] of s.points) {
         if (v === null || !isFinite(v)) {
@@ -86,7 +99,7 @@
         svg.append(dot);
       }
       svg.insertBefore(svgEl("path", { class: "series", d: d.trim(), stroke: colour }), svg.querySelector("circle"));
-      if (series.length > 1) legend.append(el("span", { style: `color:${colour}`, text: "● " + s.name }));
+      if (series.length > 1 && !series.some((x) => x.reference)) legend.append(el("span", { style: `color:${colour}`, text: "● " + s.name }));
     });
     return fig;
   }
@@ -196,7 +209,12 @@
         g.figures.forEach((k) => DATA.figures[k].forEach((f) => epochs.add(f[0])));
       }
       if (g.scalars.length) {
-        const charts = g.scalars.map((k) => chart(k.slice(name.length + 1), [{ name: k, points: DATA.scalars[k] }], {}));
+        const reference = (k) => { const m = BASELINE.exec(k); return m && DATA.scalars[m[1]] ? m : null; };
+        const charts = g.scalars.filter((k) => !reference(k)).map((k) => {
+          const refs = g.scalars.map(reference).filter((m) => m && m[1] === k)
+            .map((m) => ({ name: m[2], reference: m[2], points: DATA.scalars[m[0]] }));
+          return chart(k.slice(name.length + 1), [{ name: k, points: DATA.scalars[k] }, ...refs], {});
+        });
         main.append(el("div", { class: "charts" }, ...charts));
       }
     }
@@ -235,6 +253,7 @@
       key: f.dataset.key,
       points: f.querySelectorAll("circle").length,
       missing: f.querySelectorAll("text.missing").length,
+      references: [...f.querySelectorAll("path.reference")].map((r) => r.getAttribute("d").split("L").length),
       path: (f.querySelector("path.series") || { getAttribute: () => "" }).getAttribute("d"),
     }));
     out.sections = [...document.querySelectorAll("main h2")].map((h) => h.id);
