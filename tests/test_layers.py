@@ -27,6 +27,8 @@ LAYERS = {
     "visualize": 3,
     "ablation": 3,
     "ablation_report": 3,
+    "ablation_measure": 3,
+    "ablation_figures": 3,
     "cli": 4,
     "__main__": 5,
 }

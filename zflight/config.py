@@ -48,6 +48,7 @@ class DataConfig:
     decode: str = "auto"
     cache_dir: str | None = "~/.cache/zflight"
     fine_texture: bool = False  # shapes: add a 0.15-0.4 cycles/px grating (data/shapes.py)
+    texture_labels: bool = False  # shapes: the fine grating's orientation tells the class
 
 
 @dataclass

@@ -39,6 +39,7 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
             cfg.seed,
             d.cache_dir,
             fine_texture=d.fine_texture,
+            texture_labels=d.texture_labels,
         )
     try:
         dm = ImageFolderDataModule(
