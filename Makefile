@@ -33,7 +33,7 @@ visualize: $(STAMP)  ## visual callbacks on CKPT=runs/.../last.ckpt, into a new 
 	@test -n "$(CKPT)" || { echo "usage: make visualize CKPT=runs/<run>/checkpoints/last.ckpt [ARGS=\"out=DIR ...\"]" >&2; exit 2; }
 	$(PY) -m zflight.visualize ckpt=$(CKPT) $(ARGS)
 
-ablation: $(STAMP)  ## AlexNet-style vs ZFNet first layers: SGD, same RMS rule, 3 seeds; report claim by claim
+ablation: $(STAMP)  ## AlexNet-style vs ZFNet first layers: SGD, same conv1 start and RMS rule, 5 seeds; claims with p-values
 	$(PY) -m zflight.ablation $(ARGS)
 
 rehearse: $(STAMP)  ## the ImageNet recipe on a small written folder, 2 CPU processes, every analysis; prints the costs

@@ -73,7 +73,9 @@ def test_runs_on_schedule_and_writes_pngs_gallery_scalars(tmp_path):
     png = Image.open(viz / "recording" / "first" / "epoch_0001.png")
     assert png.size == (64, 64) and png.mode == "RGB"
     html = (viz / "index.html").read_text()
-    assert "recording/probe/epoch_0003.png" in html and "epoch 1" in html
+    data = "".join(p.read_text() for p in (viz / "gallery").glob("*.js"))  # the page's data files
+    assert '<script src="gallery/0000.js">' in html and '<a href="recording/probe/">' in html
+    assert "recording/probe/epoch_0003.png" in data and "recording/probe/epoch_0001.png" in data
     rows = [json.loads(line) for line in (viz / "scalars.jsonl").read_text().splitlines()]
     assert [(x["epoch"], x["value"]) for x in rows if x["key"] == "recording/gathered_sum"] == [
         (1, 3.0),

@@ -111,3 +111,23 @@ def test_image_folder_preprocessing(tmp_path):
     dm10 = ImageFolderDataModule(str(tmp_path), image_size=224, num_workers=0, ten_crop=True)
     dm10.setup("validate")
     assert dm10.val_dataset[0][0].shape == (10, 3, 224, 224)
+
+
+def test_texture_labels_tie_the_fine_grating_orientation_to_the_class():
+    import math
+
+    import numpy as np
+
+    from zflight.data.shapes import LABEL_BAND, NOISE_SEED, _params
+
+    spacing = math.pi / 8
+    for i in range(40):
+        tied, fine, plain = (
+            _params(3, 0, i, 8, f, t) for f, t in ((False, True), (True, False), (False, False))
+        )
+        freq, angle = tied[NOISE_SEED + 1], tied[NOISE_SEED + 2]
+        assert LABEL_BAND[0] <= freq <= LABEL_BAND[1]
+        assert abs(angle - (i % 8 + 0.5) * spacing) <= 0.3 * spacing + 1e-12
+        # the same draws: the rest of the sample, the grating's phase and amplitude are unchanged
+        assert np.array_equal(tied[: NOISE_SEED + 1], plain)
+        assert np.array_equal(tied[NOISE_SEED + 3 :], fine[NOISE_SEED + 3 :])

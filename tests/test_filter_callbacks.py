@@ -396,6 +396,29 @@ def test_activation_statistics_stop_after_stats_images(tmp_path):
     assert int(cb._positive["conv1"].sum()) == int(direct.sum())
 
 
+def test_conv2_tiles_show_each_filter_in_input_pixels_and_say_how():
+    from zflight.analysis.filter_views import linear_view
+    from zflight.callbacks.filter_figures import shown_filters
+
+    model = tiny_zfnet()
+    w2 = model.features.conv2.weight
+    shown, note = shown_filters(model.features, "conv2", w2)
+    assert shown.shape == (w2.shape[0], 3, 27, 27)  # ZFNet's conv2 receptive field
+    assert torch.equal(shown, linear_view(model.features, "conv2"))
+    assert f"its {w2.shape[1]} input channels reduced" in note
+    w1 = model.features.conv1.weight
+    assert shown_filters(model.features, "conv1", w1) == (w1, None)
+    assert shown_filters(None, "conv2", w2) == (w2, None)  # no trunk: the strongest channel
+
+
+def test_the_callback_defaults_are_the_analysis_defaults():
+    import inspect
+
+    defaults = inspect.signature(filter_health).parameters
+    for name, value in FilterHealth().options.items():
+        assert value == defaults[name].default, name
+
+
 def test_spectra_colour_bar_fits_the_data():
     # constructed spectra: every value 1 (0 dB) except 10% of them at -12 dB: the bar is 15 dB deep
     norm = torch.ones(4, 32, 32, dtype=torch.float64)

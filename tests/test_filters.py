@@ -28,6 +28,10 @@ from zflight.analysis.spectrum import (
     band_shares,
     noise_aliasing,
     noise_band_shares,
+    noise_entropy_floor,
+    peak_frequency,
+    power_spectra,
+    spectral_entropy,
 )
 
 
@@ -244,31 +248,139 @@ def test_each_status_of_constructed_filters_against_their_start(k, stride):
         (1 / 6, 2 / 6, 1 / 6, 1 / 6)
     )
     # without the start nothing is untrained, and the random filters read as plain noise (not
-    # aliased): white noise is the reference, not the threshold
+    # aliased): they have no structure
     blind = filter_health(w, stride)
     assert blind.status.tolist() == [OK, OK, ALIASED, DEAD, OK, DUPLICATE]
     assert "untrained" not in blind.scalars() and "cos_start" not in blind.scalars()
 
 
-@pytest.mark.parametrize(("k", "stride"), [(7, 2), (11, 4)])
-def test_untrained_threshold_calibration_on_mixtures(k, stride):
-    # A grating above Nyquist mixed with its random start: trained (and aliased) below a cosine
-    # of 0.5 to the start, untrained above; a smooth Gabor mixed the same way stays ok, never
-    # aliased. At 0.45 the learned structure holds 80% of the energy and decides every verdict.
+def bank_with_movements(start: torch.Tensor, shares: list[float], seed: int) -> torch.Tensor:
+    """Each start filter moved towards a random smooth pattern until 1 - cos^2 = share."""
+    g = torch.Generator().manual_seed(seed)
+    k = start.shape[-1]
+    out = []
+    for f, share in zip(start, shares):
+        freq, angle = 0.05 + 0.1 * float(torch.rand(1, generator=g)), 3 * float(torch.rand(1))
+        pattern = gabor(k, freq, k / 4, angle).float().expand_as(f).clone()
+        out.append(planted(f, pattern, math.sqrt(1 - share)) if share > 0 else f.clone())
+    return torch.stack(out)
+
+
+def test_untrained_is_calibrated_per_layer_against_what_learning_moved():
     g = torch.Generator().manual_seed(21)
-    start = torch.randn(4, 3, k, k, generator=g)
-    fine, smooth = rgb(gabor(k, 0.45, k / 3, 0.4)), rgb(gabor(k, 0.08, k / 4))
-    cosines = (0.45, 0.55, 0.45, 0.55)
-    w = torch.stack(
-        [
-            planted(start[i], ell, c)
-            for i, (ell, c) in enumerate(zip((fine, fine, smooth, smooth), cosines))
-        ]
-    )
+    # conv1-like: most filters left their start (movement 0.95), three kept it (0.3)
+    start1 = torch.randn(12, 3, 7, 7, generator=g)
+    moves1 = [0.95] * 9 + [0.3] * 3
+    r1 = filter_health(bank_with_movements(start1, moves1, 1), 2, initial=start1)
+    assert r1.movement.tolist() == pytest.approx(moves1, abs=1e-5)
+    assert r1.untrained_below == pytest.approx(0.75)  # the first layer's floor
+    # in a deeper layer (24 input channels) the same movements: a third of the median decides
+    deep = torch.randn(12, 24, 7, 7, generator=g)
+    r_deep = filter_health(bank_with_movements(deep, moves1, 4), 2, initial=deep)
+    assert r_deep.untrained_below == pytest.approx(0.95 / 3, abs=1e-5)
+    assert torch.nonzero(r_deep.untrained).flatten().tolist() == [9, 10, 11]
+    # a first layer that barely moved (5-13%: its pictures show the start) is untrained
+    moves = [0.05 + 0.01 * i for i in range(9)] + [0.13] * 3
+    barely = filter_health(bank_with_movements(start1, moves, 5), 2, initial=start1)
+    assert barely.status.tolist() == [UNTRAINED] * 12
+    assert torch.nonzero(r1.untrained).flatten().tolist() == [9, 10, 11]
+    # conv2-like: every filter learned, but moved only 2-15% of its energy off a large start
+    # (cosine 0.92-0.99, "untrained" by any cosine threshold that suits conv1): none untrained
+    start2 = torch.randn(16, 24, 5, 5, generator=g)
+    moves2 = [0.02 * 7.5 ** (i / 15) for i in range(16)]
+    r2 = filter_health(bank_with_movements(start2, moves2, 2), 2, step=4, initial=start2)
+    assert r2.cos_start.min() > 0.9 and not r2.untrained.any()
+    assert r2.status.tolist() == [OK] * 16
+    # the same layer frozen at its start (or only rescaled) is untrained throughout
+    frozen = filter_health(start2 * 0.8, 2, step=4, initial=start2)
+    assert frozen.status.tolist() == [UNTRAINED] * 16 and frozen.scalars()["untrained"] == 1.0
+
+
+def test_a_status_changes_only_past_its_threshold_by_the_hysteresis_margin():
+    g = torch.Generator().manual_seed(25)
+    start = torch.randn(10, 3, 7, 7, generator=g)
+    # filter 9 sits just above the untrained threshold (0.95 / 3 = 0.317)
+    w = bank_with_movements(start, [0.95] * 9 + [0.33], 3)
+    floor = {"untrained_floor": 1e-3}  # the relative threshold alone
+    fresh = filter_health(w, 2, initial=start, **floor)
+    assert fresh.status[9] == OK
+    was = torch.full((10,), OK)
+    was[9] = UNTRAINED
+    assert filter_health(w, 2, initial=start, previous=was, **floor).status[9] == UNTRAINED
+    w2 = bank_with_movements(start, [0.95] * 9 + [0.4], 3)  # 0.4 > 1.2 x 0.317: it has left
+    assert filter_health(w2, 2, initial=start, previous=was, **floor).status[9] == OK
+
+
+GABOR_FREQS = (0.03, 0.06, 0.09, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45)
+
+
+@pytest.mark.parametrize(("k", "stride"), [(7, 2), (11, 4)])
+def test_gabors_alias_exactly_when_their_carrier_is_past_nyquist(k, stride):
+    # Gabors across frequencies, oriented off-axis, on a random start they moved far from: the
+    # status is aliased from 1.2 x Nyquist (1/(2 stride)) up, ok up to Nyquist, at both strides
+    g = torch.Generator().manual_seed(26)
+    start = torch.randn(len(GABOR_FREQS), 3, k, k, generator=g)
+    gabors = [rgb(gabor(k, f, k / 4, 0.3)) for f in GABOR_FREQS]
+    w = torch.stack([planted(s, gb, 0.2) for s, gb in zip(start, gabors)])
     report = filter_health(w, stride, initial=start)
-    assert report.cos_start.tolist() == pytest.approx(list(cosines), abs=1e-6)
-    assert report.status.tolist() == [ALIASED, UNTRAINED, OK, UNTRAINED]
-    assert float(report.excess[0]) > 0.6 and float(report.excess[2]) < 0.0
+    nyquist = 1 / (2 * stride)
+    for f, status, share in zip(GABOR_FREQS, report.status.tolist(), report.aliasing_learned):
+        if f >= 1.2 * nyquist:
+            assert status == ALIASED and share > 0.55, (f, share)
+        elif f <= nyquist:  # ok (or a duplicate: the lowest carriers look alike)
+            assert status in (OK, DUPLICATE) and share < 0.45, (f, share)
+    # the continuous share of the whole filter, and the same Gabors without a start
+    assert torch.all(report.aliasing[1:] >= report.aliasing[:-1] - 0.05)
+    blind = filter_health(torch.stack(gabors), stride)
+    assert blind.aliased.tolist() == report.aliased.tolist()
+    # a Gabor at 0.2 cycles/px: aliased at stride 4, ok at stride 2
+    at = GABOR_FREQS.index(0.2)
+    assert report.status[at] == (ALIASED if stride == 4 else OK)
+
+
+def test_random_filters_are_not_aliased_even_though_their_energy_is_above_nyquist():
+    g = torch.Generator().manual_seed(27)
+    for k, stride in ((7, 2), (11, 4)):
+        noise = torch.randn(64, 3, k, k, generator=g)
+        report = filter_health(noise, stride)
+        assert float(report.aliasing.mean()) > 0.7 and not report.aliased.any()
+        assert report.scalars()["unstructured"] == 1.0
+
+
+def test_spectral_entropy_separates_structure_from_white_noise():
+    # flat spectrum: a single tap; one bin: a whole-period cosine on the FFT grid
+    delta = torch.zeros(1, 1, 8, 8)
+    delta[0, 0, 3, 3] = 1.0
+    assert float(spectral_entropy(power_spectra(delta, 8))) == pytest.approx(1.0, abs=1e-6)
+    x = torch.arange(8, dtype=torch.float64)
+    cosine = torch.cos(2 * math.pi * 2 * x / 8).expand(8, 8)[None, None].float()
+    # two bins (+-2/8) hold everything: entropy log 2 / log 64
+    assert float(spectral_entropy(power_spectra(cosine, 8))) == pytest.approx(1 / 6, abs=1e-5)
+    # white noise sits in its own distribution: none of 2000 fresh filters 6 SD below its mean
+    q = noise_entropy_floor((3, 7, 7))
+    fresh = torch.randn(2000, 3, 7, 7, generator=torch.Generator().manual_seed(28))
+    entropy = spectral_entropy(power_spectra(fresh))
+    assert not bool((entropy < q).any()) and float(entropy.mean()) - q > 0.01
+    # learned patterns are far below it: Gabors, blobs, the low-frequency DCT bank
+    patterns = torch.stack([rgb(gabor(7, f, 1.75, 0.3)) for f in GABOR_FREQS])
+    assert float(spectral_entropy(power_spectra(patterns)).max()) < q - 0.1
+    assert filter_health(low_frequency_bank(), 2).structured.all()
+
+
+def test_peak_frequency_on_the_absolute_axis():
+    bank = torch.stack([rgb(gabor(11, f, 11 / 4, 0.3)) for f in (0.15, 0.2, 0.3, 0.4)])
+    peak = peak_frequency(power_spectra(bank))
+    assert peak.tolist() == pytest.approx([0.15, 0.2, 0.3, 0.4], abs=1 / 64)
+    assert float(peak_frequency(power_spectra(bank), step=4)[0]) == pytest.approx(
+        float(peak[0]) / 4
+    )
+    blob = rgb(gabor(11, 0.0, 2.0))[None]
+    assert peak_frequency(power_spectra(blob)).tolist() == [0.0]
+    report = filter_health(bank, 4)
+    s = report.scalars()
+    assert s["peak_mid"] == pytest.approx(0.5) and s["peak_freq"] == pytest.approx(
+        0.2, abs=1 / 64
+    )  # the lower middle
 
 
 def test_cosine_to_start_is_scale_invariant_and_zero_for_a_zero_filter():
@@ -357,3 +469,22 @@ def test_crop_windows_clip_to_the_image_and_trim_to_whole_periods():
     # a window with under two periods left inside the image is dropped
     kept = crop_windows(images, torch.tensor([17, 0]), torch.tensor([0, 0]), 11, 4)
     assert len(kept) == 1 and torch.equal(kept[0], images[1, :, 0:8, 0:8])
+
+
+def test_a_channel_that_almost_never_fires_is_dead_and_the_verdict_has_a_dead_band():
+    w = torch.randn(4, 3, 7, 7, generator=torch.Generator().manual_seed(29))
+    observed = 100_000  # entries per channel; dead at or below 1e-3 of them (100)
+    fresh = filter_health(w, 2, positive=torch.tensor([500, 0, 100, 101]), observed=observed)
+    assert fresh.dead.tolist() == [False, True, True, False]
+    assert fresh.scalars()["never_active"] == pytest.approx(0.5)
+    # with previous statuses activity must change by a factor of 2: dying needs at most 50,
+    # reviving over 200
+    was = torch.tensor([OK, DEAD, OK, DEAD])
+    counts = torch.tensor([95, 190, 50, 201])
+    kept = filter_health(w, 2, positive=counts, observed=observed, previous=was)
+    assert kept.dead.tolist() == [False, True, True, False]
+    plain = filter_health(w, 2, positive=counts, observed=observed)
+    assert plain.dead.tolist() == [True, False, True, False]  # the plain line: 100
+    # without the entries counted, only a channel never positive is dead
+    unknown = filter_health(w, 2, positive=torch.tensor([0, 1, 2, 3]))
+    assert unknown.dead.tolist() == [True, False, False, False]

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from zflight.callbacks.gallery import gallery_data, section_order
+from zflight.callbacks.gallery_index import write_gallery
 from zflight.callbacks.results import Figure, VizResult
 from zflight.callbacks.sinks import write_outputs
 
@@ -53,7 +54,8 @@ def make_run(run: Path, epochs: int = 3) -> Path:
         row["train/loss"] = 2.1 - 0.6 * epoch
         with open(viz / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
-    write_outputs(trainer, "cb", VizResult(), background=False)  # rebuilds the page
+    write_outputs(trainer, "cb", VizResult(), background=False)  # updates the page
+    write_gallery(viz, force=True)  # as the end of a run does: the last update is not debounced
     return viz
 
 
@@ -91,7 +93,8 @@ def test_gallery_data_comes_from_disk(tmp_path):
     assert [m["epoch"] for m in data["metrics"]] == [0, 1, 2]
     page = (viz / "index.html").read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page), "no external links"
-    assert 'loading: "lazy"' in page and "cb/small/epoch_0002.png" in page
+    assert 'loading: "lazy"' in page and '<script src="gallery/0000.js">' in page
+    assert "cb/small/epoch_0002.png" in (viz / "gallery" / "0000.js").read_text()
 
 
 @needs_chromium
@@ -163,6 +166,7 @@ def make_growing_run(run: Path) -> Path:
         write_outputs(trainer, "occlusion", VizResult({"panels": strip[:, :700]}), background=False)
         result = VizResult({"conv5": Figure(strip, text)}, {"score": 0.5})
         write_outputs(trainer, "evolution", result, background=False)
+    write_gallery(run / "viz", force=True)  # the end of a run: the last update is not debounced
     return run / "viz"
 
 

@@ -19,6 +19,7 @@ LAYERS = {
     "models": 0,
     "data": 0,
     "config": 0,
+    "schedules": 0,
     "module": 1,
     "callbacks": 1,
     "run": 2,
@@ -27,6 +28,8 @@ LAYERS = {
     "ablation": 3,
     "ablation_report": 3,
     "rehearse": 3,
+    "ablation_measure": 3,
+    "ablation_figures": 3,
     "cli": 4,
     "__main__": 5,
 }

@@ -84,4 +84,5 @@ def test_written_figure_is_the_one_produced_not_a_later_edit(tmp_path, backgroun
     png = np.asarray(Image.open(Path(tmp_path) / "viz/cb/k/epoch_0003.png"))
     assert png.sum() == 255 and tuple(png[2, 5]) == (255, 0, 0)
     assert '"value": 2.5' in (Path(tmp_path) / "viz/scalars.jsonl").read_text()
-    assert "cb/k/epoch_0003.png" in (Path(tmp_path) / "viz/index.html").read_text()
+    assert "gallery/0000.js" in (Path(tmp_path) / "viz/index.html").read_text()
+    assert "cb/k/epoch_0003.png" in (Path(tmp_path) / "viz/gallery/0000.js").read_text()

@@ -88,7 +88,7 @@ def test_failed_resume_leaves_the_run_as_it_was(tiny, monkeypatch, capsys):
     assert len(list(run.glob("wandb/offline-run-*"))) == 1 and "config.yaml" in before
     cases = {
         f"resume={last} model.width=0.25": "was trained with model.width=0.125, the config says",
-        f"resume={last} data.image_size=32": "was trained with data.image_size=64",
+        f"resume={last} data.image_size=56": "was trained with data.image_size=64",
         f"resume={last} model=alexnet_style": "was trained with model.name=zfnet",
         f"resume={older} model.width=0.25": "model.features.conv1.weight has shape (12, 3, 7, 7)",
         f"resume={garbage}": "not a readable checkpoint (UnpicklingError",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from zflight.run.commands import groups_text, main_keys, print_help
@@ -27,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
         print_help(text)
         return 0
     command, rest = args[0], args[1:]
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(
+            0, os.getcwd()
+        )  # `_target_: my_callbacks.X` from here, as `python -m` finds it
     if command == "train":
         from zflight.train import main as run
     elif command == "visualize":

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from zflight.schedules import refit_schedule
+
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("none", "step", "plateau", "cosine", "onecycle")
 
@@ -65,6 +67,7 @@ class ClassifierModule(pl.LightningModule):
             self.model = self.model.to(memory_format=torch.channels_last)
         if compile:
             self.model.compile()  # in place: checkpoints keep the plain parameter names
+        self._resumed: dict[str, Any] | None = None
         self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1)
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes))
 
@@ -95,6 +98,9 @@ class ClassifierModule(pl.LightningModule):
         self.val_acc5(logits, labels)
         self.log("val/acc1", self.val_acc1, prog_bar=True)
         self.log("val/acc5", self.val_acc5)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._resumed = checkpoint  # its schedule is refitted to this run's length below
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
@@ -129,6 +135,9 @@ class ClassifierModule(pl.LightningModule):
             total = max(int(self.trainer.estimated_stepping_batches), 4)
             scheduler = one_cycle(opt, hp.lr, total, hp.pct_start, hp.get("warmup_steps", 0))
             sched = {"scheduler": scheduler, "interval": "step"}
+        if self._resumed is not None:  # Lightning loads the checkpoint's schedule after this
+            refit_schedule(self._resumed, sched["scheduler"], hp.schedule)
+            self._resumed = None
         return {"optimizer": opt, "lr_scheduler": sched}
 
 

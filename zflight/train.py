@@ -7,12 +7,13 @@ in the run directory written or the logger opened, so a bad input leaves a run a
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from zflight.config import analysis_budget, load_config, to_yaml
-from zflight.run.commands import TRAIN_USAGE, pop_flag, run_command, usage
+from zflight.config import ConfigError, analysis_budget, load_config, to_yaml
+from zflight.run.commands import TRAIN_USAGE, RunFailure, pop_flag, run_command, usage
 
 # Names that lived here before zflight.run.build and zflight.run.run_dir held them (imported on use).
 _MOVED = {
@@ -37,19 +38,21 @@ def train(overrides: list[str] | None = None) -> dict[str, Any]:
     if show:
         print(to_yaml(cfg), end="")
         return {"config": cfg}
-    from zflight.run.run_dir import ensure_writable, resolve_run_dir
+    from zflight.run.run_dir import claim_run_dir, ensure_writable, resolve_run_dir
+    from zflight.run.signatures import check_callback_arguments
+    from zflight.run.wandb_check import check_wandb
+
+    check_callback_arguments(cfg)  # typos and wrong types, from the source: no torch yet
 
     run_dir = resolve_run_dir(cfg)  # a resume= outside any run stops here, nothing created
+    check_wandb(cfg)  # online without a key or a network: one line now, not a traceback later
 
     import lightning.pytorch as pl
-    from omegaconf import OmegaConf
 
-    from zflight.callbacks.ledger import CostLedger
-    from zflight.callbacks.run_record import RunRecord
     from zflight.run import build
-    from zflight.run.checkpoints import LastCheckpoint, check_matches, read_checkpoint
-    from zflight.run.console import quiet_console, write_line
-    from zflight.run.divergence import StopOnDivergence
+    from zflight.run.checkpoints import check_matches, read_checkpoint
+    from zflight.run.extend import check_resume
+    from zflight.run.lock import RunLock, launching_process
     from zflight.run.memory import keep_freed_memory
 
     build.check_devices(cfg)
@@ -61,34 +64,77 @@ def train(overrides: list[str] | None = None) -> dict[str, Any]:
     module = build.build_module(
         cfg, build.build_model(cfg, datamodule.num_classes), datamodule.num_classes
     )
+    carried: dict[str, Any] = {}
     if cfg.resume:
-        check_matches(read_checkpoint(cfg.resume, "resume"), cfg.resume, "resume", cfg, module)
+        resumed = read_checkpoint(cfg.resume, "resume")
+        check_matches(resumed, cfg.resume, "resume", cfg, module)
+        check_resume(resumed, cfg, run_dir)  # epochs left to train, space on the disk
+        carried = dict(resumed.get("callbacks") or {})  # histories of callbacks not in this run
+        del resumed
+    lock = None
+    if launching_process():
+        run_dir = claim_run_dir(run_dir)
+        ensure_writable(run_dir)  # one line for a directory that cannot be written
+        lock = RunLock(run_dir).acquire()
+        if lock.took_over:
+            print(lock.took_over, flush=True)
+    try:
+        return _fit(cfg, run_dir, callbacks, datamodule, module, carried)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _fit(
+    cfg: Any, run_dir: Path, callbacks: list, datamodule: Any, module: Any, carried: dict
+) -> dict[str, Any]:
+    """Open the logger, write the run's config and train; a signal ends it saved (``Preempted``)."""
+    from omegaconf import OmegaConf
+
+    from zflight.callbacks.disk import DISK
+    from zflight.callbacks.ledger import CostLedger
+    from zflight.callbacks.run_record import RunRecord
+    from zflight.run import build
+    from zflight.run.checkpoints import DiskFull, LastCheckpoint
+    from zflight.run.console import quiet_console, write_line
+    from zflight.run.divergence import StopOnDivergence
+    from zflight.run.preemption import Preempted, Preemption
+    from zflight.run.run_dir import ensure_writable
+
     ensure_writable(run_dir)
+    DISK.reset()
     last = LastCheckpoint(
-        run_dir / "checkpoints" / "last.ckpt", OmegaConf.to_container(cfg, resolve=True)
+        run_dir / "checkpoints" / "last.ckpt", OmegaConf.to_container(cfg, resolve=True), carried
     )
+    preemption = Preemption(tuple(cfg.trainer.stop_signals))
     logger = build.build_logger(cfg, run_dir)
     ledger = CostLedger(write_line, analysis_budget(cfg))  # the analyses' cost, each epoch
-    watch = [
-        RunRecord(),
-        ledger,
-        *quiet_console(logger, cfg.trainer.progress),
-    ]  # gallery numbers; costs; progress, summary
-    trainer = build.build_trainer(
-        cfg, run_dir, [*callbacks, StopOnDivergence(last, cfg.resume), last, *watch], logger
-    )
+    watch = [RunRecord(), ledger, *quiet_console(logger, cfg.trainer.progress)]  # gallery, console
+    first = [StopOnDivergence(last, cfg.resume), last, preemption]  # last.ckpt before analyses
+    trainer = build.build_trainer(cfg, run_dir, [*first, *callbacks, *watch], logger)
     if trainer.is_global_zero:
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        if not DISK.write_text(run_dir / "config.yaml", to_yaml(cfg), "config"):
+            raise ConfigError(f"run_dir={run_dir}: the disk is full; free some space first")
         if logger:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
             if hasattr(logger, "experiment") and hasattr(logger.experiment, "id"):
                 (run_dir / "wandb-id.txt").write_text(str(logger.experiment.id))
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
-    except BaseException:
+    except BaseException as exc:
         if trainer.is_global_zero:
             _finish(logger)
+        if isinstance(exc, DiskFull) and DISK.summary():
+            raise DiskFull(f"{exc}\n{DISK.summary()}", exc.quiet) from None
+        if preemption.received is not None and not isinstance(exc, RunFailure):
+            raise Preempted(
+                last.stopped_line(preemption.name(), preemption.epoch),
+                preemption.received,
+                quiet=not trainer.is_global_zero,
+            ) from None
         raise
+    finally:
+        preemption.restore()
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     result = {
         "run_dir": run_dir,
@@ -101,7 +147,7 @@ def train(overrides: list[str] | None = None) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         _finish(logger)
-        _print_summary(result)
+        _print_summary(result, DISK.summary())
     return result
 
 
@@ -144,7 +190,7 @@ def _shown(path: Any) -> str:
         return str(p)
 
 
-def _print_summary(r: dict[str, Any]) -> None:
+def _print_summary(r: dict[str, Any], unwritten: str | None = None) -> None:
     lines = [
         f"final validation accuracy: top-1 {r['val_acc1']:.4f}, top-5 {r['val_acc5']:.4f}",
         f"run directory:  {r['run_dir']}",
@@ -155,11 +201,20 @@ def _print_summary(r: dict[str, Any]) -> None:
         lines.append(
             f"W&B run:        {r['wandb_dir']}  (upload later with `wandb sync {r['wandb_dir']}`)"
         )
+    if unwritten:
+        lines.append(unwritten)
     print("\n".join(lines), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(train, argv, usage(TRAIN_USAGE))
+    code = run_command(train, argv, usage(TRAIN_USAGE))
+    if code >= 128:  # stopped by a signal: saved, loggers closed, lock released, line printed
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(
+            code
+        )  # skip the interpreter's teardown (seconds with torch loaded): grace is short
+    return code
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ from omegaconf import OmegaConf
 
 from zflight.config import ConfigError, load_config, to_yaml
 from zflight.run.commands import RunFailure, groups_text, run_command
+from zflight.run.lock import RunLock, claim_new_directory
 from zflight.run.run_dir import ensure_writable, run_of_checkpoint
+from zflight.run.signatures import check_callback_arguments
 
 USAGE = """usage: python -m zflight.visualize ckpt=PATH [out=DIR] [GROUP=choice ...] [key=value ...]
        zflight visualize ckpt=PATH ...        make visualize CKPT=PATH [ARGS="..."]
@@ -47,6 +49,19 @@ def default_out(beside: Path) -> Path:
     return out
 
 
+def _saved_config(run_dir: Path, ckpt: Path) -> Any:
+    """The run's ``config.yaml``; a ConfigError naming it when it cannot be read."""
+    path = run_dir / "config.yaml"
+    try:
+        return OmegaConf.load(path)
+    except Exception as exc:
+        detail = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ConfigError(
+            f"ckpt={ckpt}: its run's {path} cannot be read ({type(exc).__name__}: {detail}); "
+            "repair it: visualize starts from the run's config"
+        ) from None
+
+
 def visualize(argv: list[str]) -> Path:
     """Run the configured callbacks once on the checkpoint; return the gallery's path."""
     options = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in ("ckpt", "out"))
@@ -57,10 +72,12 @@ def visualize(argv: list[str]) -> Path:
     if not ckpt.is_file():
         raise ConfigError(f"ckpt={ckpt}: no such file")
     run_dir = run_of_checkpoint(ckpt)
-    base = OmegaConf.load(run_dir / "config.yaml") if run_dir else None
+    base = _saved_config(run_dir, ckpt) if run_dir else None
     cfg = load_config(rest, base=base)
+    check_callback_arguments(cfg)  # from the source, before torch is imported
     beside = run_dir or ckpt.parent / ckpt.stem
-    out = Path(options["out"]) if options.get("out") else default_out(beside)
+    given = bool(options.get("out"))
+    out = Path(options["out"]) if given else default_out(beside)
     if run_dir and (
         out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents
     ):
@@ -71,14 +88,8 @@ def visualize(argv: list[str]) -> Path:
     if (out / "viz").exists():
         raise ConfigError(f"out={out} already holds a viz/ folder; choose a new folder")
 
-    import lightning.pytorch as pl
-
     from zflight.callbacks.base import VisualizationCallback
-    from zflight.callbacks.ledger import CostLedger
-    from zflight.callbacks.run_record import RunRecord
     from zflight.run import build
-    from zflight.run.checkpoints import check_matches, finished_epoch, read_checkpoint
-    from zflight.run.console import quiet_console, write_line
 
     build.check_devices(cfg)
     callbacks = build.build_callbacks(cfg)
@@ -87,6 +98,25 @@ def visualize(argv: list[str]) -> Path:
         raise ConfigError(
             "no visual callbacks configured: pass callbacks=default or callbacks.<name>._target_=..."
         )
+    if not given:
+        out = claim_new_directory(out)  # two calls in the same second get two folders
+    lock = RunLock(out, "out").acquire()
+    try:
+        return _visualize(cfg, ckpt, out, callbacks, visual)
+    finally:
+        lock.release()
+
+
+def _visualize(cfg: Any, ckpt: Path, out: Path, callbacks: list, visual: list) -> Path:
+    """Load the checkpoint, run the callbacks once into ``out`` and report which failed."""
+    import lightning.pytorch as pl
+
+    from zflight.callbacks.ledger import CostLedger
+    from zflight.callbacks.run_record import RunRecord
+    from zflight.run import build
+    from zflight.run.checkpoints import check_matches, finished_epoch, read_checkpoint
+    from zflight.run.console import quiet_console, write_line
+
     state: dict[str, Any] = read_checkpoint(ckpt, "ckpt")
     datamodule = build.build_datamodule(cfg)
     module = build.build_module(

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zflight.analysis.attribution import frozen
+from zflight.analysis.stopping import checked
 
 
 @dataclass
@@ -209,7 +210,7 @@ def activation_maximization(
 
     optimizer = torch.optim.Adam([z], lr=lr)
     with frozen(model), torch.enable_grad():
-        for step in range(steps):
+        for step in checked(range(steps)):
             x = image()
             if transforms == "robust":
                 x = robust_transform(x, g_jit, jitter)

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from zflight.analysis.deconvnet import resolve_layer
 from zflight.analysis.incremental import IncrementalTrunk, as_pair
+from zflight.analysis.stopping import checked
 
 FILLS = ("mean", "zero", "blur")
 METHODS = ("auto", "incremental", "full")
@@ -252,7 +253,7 @@ def occlusion_maps(
         mine = grid[rank * per : (rank + 1) * per]
         mine = torch.cat([mine, grid[:1].expand(per - mine.shape[0], 3)])
         chunk = max(1, max_batch_bytes // max(1, job_bytes))
-        local = torch.cat([evaluate(mine[i : i + chunk]) for i in range(0, per, chunk)])
+        local = torch.cat([evaluate(mine[i : i + chunk]) for i in checked(range(0, per, chunk))])
     gathered = local if world_size == 1 else all_gather(local)
     shape = (images.shape[0], len(tops), len(lefts))
     prob, label, feature = gathered[: grid.shape[0]].reshape(*shape, 3).unbind(-1)

@@ -5,11 +5,16 @@ deeper layer), so its tap-grid frequency f is f / step cycles per input pixel. B
 fixed radial bands on that axis, the same for every layer and architecture; aliasing is the share
 of energy above the layer's own Nyquist frequency 1/(2 * stride) (per axis, in tap units), and is
 compared with white noise at the same stride, which a random start scores without learning
-anything. Gridding is a peak-to-neighbour ratio at the harmonics of a period, for deconvnet
+anything. Structure needs no start: a filter's spectral entropy against the distribution of white
+noise filters of the same shape (a random filter spreads its energy over every frequency, a learned
+edge or blob concentrates it). Peak frequency: where each filter's energy is largest. Gridding is a peak-to-neighbour ratio at the harmonics of a period, for deconvnet
 projections cropped to their receptive field.
 """
 
 from __future__ import annotations
+
+import math
+from functools import lru_cache
 
 import torch
 
@@ -96,10 +101,34 @@ def noise_band_shares(step: float = 1.0, n_fft: int = 64) -> torch.Tensor:
     return torch.stack([(band == b).float().mean() for b in range(len(BANDS))])
 
 
-def alias_excess(score: torch.Tensor | float, noise: float) -> torch.Tensor:
-    """(score - noise) / (1 - noise): 0 at white noise, 1 when all energy is above Nyquist,
-    negative below noise (a smooth filter). 0 where nothing can lie above Nyquist (stride 1)."""
-    score = torch.as_tensor(score, dtype=torch.float32)
-    if noise <= 0 or noise >= 1:
-        return torch.zeros_like(score)
-    return (score - noise) / (1 - noise)
+def spectral_entropy(power: torch.Tensor) -> torch.Tensor:
+    """(C,) entropy of each (n, n) power spectrum taken as a distribution over its bins, divided by
+    log(n^2): 1 for a flat spectrum (a single tap), 0 for all energy in one bin; 0 if all-zero."""
+    p = power.double().flatten(1)
+    p = p / p.sum(1, keepdim=True).clamp_min(1e-300)
+    h = -(p * p.clamp_min(1e-300).log()).sum(1)
+    return (h / math.log(p.shape[1])).float()
+
+
+@lru_cache(maxsize=32)
+def noise_entropies(shape: tuple[int, ...], n_fft: int = 64, samples: int = 500) -> torch.Tensor:
+    """(samples,) sorted spectral entropies of white-noise filters of ``shape`` (C_in, kh, kw):
+    the reference a filter without structure is drawn from (seeded, the same on every call)."""
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(samples, *shape, generator=g)
+    return spectral_entropy(power_spectra(noise, n_fft)).sort().values
+
+
+def noise_entropy_floor(shape: tuple[int, ...], z: float = 6.0, n_fft: int = 64) -> float:
+    """``z`` standard deviations below the mean of ``noise_entropies``: below it, a filter is
+    structured (at z = 6 none of 10,000 white-noise filters of 3x7x7 or 3x11x11 fell there)."""
+    e = noise_entropies(tuple(shape), n_fft).double()
+    return float(e.mean() - z * e.std())
+
+
+def peak_frequency(power: torch.Tensor, step: float = 1.0) -> torch.Tensor:
+    """(C,) radial frequency, in cycles per input pixel, of each spectrum's largest bin (0 = DC:
+    a blob of one colour; a Gabor peaks at its carrier frequency)."""
+    fy, fx = frequency_grid(power.shape[-1], step, power.device)
+    radial = torch.sqrt(fy**2 + fx**2).flatten()
+    return radial[power.flatten(1).argmax(1)]

@@ -19,6 +19,7 @@ from torch import nn
 
 from zflight.analysis.deconvnet import Deconvnet, as_pair, receptive_field
 from zflight.analysis.shards import index, sharded
+from zflight.analysis.stopping import checked
 
 
 @dataclass
@@ -298,7 +299,7 @@ def project_winners(
         x, c, p = (index(t, rows) for t in (images, channels, positions))
         parts = [
             deconv.project(x[i : i + chunk], layer, c[i : i + chunk], p[i : i + chunk])
-            for i in range(0, len(x), chunk)
+            for i in checked(range(0, len(x), chunk))
         ]
         return (torch.cat(parts),)
 

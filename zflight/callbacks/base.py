@@ -22,7 +22,9 @@ from torch import nn
 from typing_extensions import override
 
 from zflight.analysis.cost import CountFlops, forward_flops
+from zflight.analysis.stopping import StopRequested, check_stop, stop_requested
 from zflight.callbacks.costs import COSTS
+from zflight.callbacks.gallery_index import flush_galleries
 from zflight.callbacks.isolation import isolated, nonfinite_parameters
 from zflight.callbacks.process_group import destroy_process_group_at_exit
 from zflight.callbacks.ranks import GatherMismatch, PeerFailed, RankAgreement, report_failure
@@ -69,6 +71,15 @@ class AnalysisContext:
         if failed:
             raise PeerFailed(failed)
         return self.pl_module.all_gather(t).flatten(0, 1)
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once the run was asked to stop (a signal): end the analysis at the next chunk."""
+        return stop_requested()
+
+    def check_stop(self) -> None:
+        """Raise ``StopRequested`` when the run was asked to stop; call between chunks of work."""
+        check_stop()
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The trainer's precision context (bf16/fp16 autocast when it trains that way)."""
@@ -237,6 +248,8 @@ class VisualizationCallback(pl.Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         WRITER.flush(raise_errors=self.strict)
+        if trainer.is_global_zero:
+            flush_galleries()  # the last, debounced gallery update
 
     @override
     def on_exception(
@@ -244,6 +257,8 @@ class VisualizationCallback(pl.Callback):
     ) -> None:
         self._remove_hooks()
         WRITER.flush(raise_errors=False)
+        if trainer.is_global_zero:
+            flush_galleries()
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -269,7 +284,9 @@ class VisualizationCallback(pl.Callback):
         model = network_of(pl_module)
         agreement = rank_agreement(trainer, pl_module)
         nonfinite = nonfinite_parameters(model)
-        if agreement.agree(not nonfinite):  # the same on every rank: DDP keeps weights equal
+        if agreement.agree(not nonfinite and not stop_requested()):
+            if not nonfinite:  # weights are equal on every rank: a rank was asked to stop
+                return
             rank_zero_warn(
                 f"visual callback {self.name!r} skipped at epoch {trainer.current_epoch}: "
                 f"non-finite weights ({', '.join(nonfinite[:3]) or 'on another rank'}); "
@@ -288,13 +305,16 @@ class VisualizationCallback(pl.Callback):
                     unit = self._forward_unit(model, probe)
                     with CountFlops() as counted:
                         result = self.analyze(model, probe, ctx)
-            except PeerFailed:
+            except (PeerFailed, StopRequested):
                 pass
             except GatherMismatch as exc:
                 mismatch = exc
             except Exception as exc:
                 error = exc
-        failed = agreement.agree(error is None)  # before returning: every rank ends here
+        stopping = stop_requested()
+        failed = agreement.agree(error is None and not stopping)  # every rank ends here
+        if failed and (stopping or stop_requested()):
+            return  # stopped by a signal: nothing to report, nothing drawn
         if failed:
             report_failure(self.name, trainer, failed, error, mismatch, self.strict)
             return

@@ -7,7 +7,9 @@ import math
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from torch import nn
 
+from zflight.analysis.filter_views import linear_view
 from zflight.analysis.filters import STATUSES, FilterReport
 from zflight.analysis.images import (
     colormap,
@@ -31,9 +33,9 @@ STATUS_COLOURS = {
 }
 STATUS_MEANING = {
     "ok": "ok",
-    "dead": "dead (collapsed or never active)",
-    "untrained": "untrained (still near its random start)",
-    "aliased": "aliased (trained, energy above Nyquist)",
+    "dead": "dead (collapsed or almost never active)",
+    "untrained": "untrained (kept much of its random start)",
+    "aliased": "aliased (learned a pattern mostly above Nyquist)",
     "duplicate": "duplicate of an earlier filter",
 }
 NYQUIST_COLOUR = (0, 220, 255)
@@ -43,8 +45,9 @@ FRAME = 3
 
 def filter_tiles(weight: torch.Tensor, status: torch.Tensor, tile: int = 64) -> list[np.ndarray]:
     """One tile per filter, each contrast-normalised on its own (its min black, its max white) and
-    enlarged to at least ``tile`` pixels, framed in its status colour. RGB for 3 input channels,
-    otherwise the input channel with the most energy, in gray; an all-zero filter is flat gray."""
+    enlarged to at least ``tile`` pixels, framed in its status colour. RGB for 3 input channels
+    (pass a deeper layer's ``linear_view``), otherwise the input channel with the most energy, in
+    gray; an all-zero filter is flat gray."""
     w = weight.detach().float().cpu()
     if w.shape[1] != 3:
         strongest = w.pow(2).sum((2, 3)).argmax(1)
@@ -62,10 +65,35 @@ def filter_tiles(weight: torch.Tensor, status: torch.Tensor, tile: int = 64) -> 
     return tiles
 
 
+def shown_filters(
+    features: nn.Module | None, name: str, weight: torch.Tensor
+) -> tuple[torch.Tensor, str | None]:
+    """What a filter grid draws: a layer's weights when they act on the image's colours, else
+    its filters seen in input pixels (``linear_view``) when there is a ``features`` trunk that
+    holds the layer; and the sentence that says how its input channels were reduced."""
+    if weight.shape[1] == 3 or not isinstance(features, nn.Sequential):
+        return weight, None
+    if name not in features._modules:
+        return weight, None
+    view = linear_view(features, name)
+    return view, (
+        f"Each tile: the filter seen in input pixels ({view.shape[-1]} px, its receptive field), "
+        f"its {weight.shape[1]} input channels reduced through the layers below as linear maps "
+        "(each channel becomes its conv1 filter, each tap spreads over its pooling window; ReLU "
+        "and LRN left out): the colour pattern its response grows with most."
+    )
+
+
 def filter_grid(
-    weight: torch.Tensor, report: FilterReport, title: str, ncols: int = 12, tile: int = 64
+    weight: torch.Tensor,
+    report: FilterReport,
+    title: str,
+    ncols: int = 12,
+    tile: int = 64,
+    view: str | None = None,
 ) -> np.ndarray:
-    """Every filter of a layer (``filter_tiles``), a legend of the frame colours and a title."""
+    """Every filter of a layer (``filter_tiles``), a legend of the frame colours and a title.
+    ``view`` says how ``weight`` shows a deeper layer's filters (e.g. its ``linear_view``)."""
     panel = grid(filter_tiles(weight, report.status, tile), ncols)
     counts = report.counts()
     entries = [(STATUS_COLOURS[s], f"{STATUS_MEANING[s]}: {counts[s]}") for s in STATUSES]
@@ -73,6 +101,18 @@ def filter_grid(
         "Each filter is contrast-normalised on its own (its minimum black, its maximum white), "
         "so shapes are visible whatever the filter's size; the frame colour is its status."
     )
+    if view:
+        note = f"{view} {note}"
+    elif weight.shape[1] != 3:
+        note = f"Each tile: the input channel with the most energy, in gray. {note}"
+    if report.movement is not None:
+        note += (
+            f" Untrained: moved (1 - cos^2 to its start) under {report.untrained_below:.3g} (this "
+            f"layer's floor, or a third of its live filters' median movement "
+            f"{float(report.movement[~report.dead].median()) if bool((~report.dead).any()) else 0:.3g});"
+            " median cosine to the start "
+            f"{float(report.cos_start.median()):.2f}."
+        )
     return title_bar(vstack([panel, legend(entries, panel.shape[1])]), title, note)
 
 

@@ -21,7 +21,7 @@ from zflight.analysis.gridding import gridding_of
 from zflight.analysis.images import grid, resize, symmetric_to_uint8, title_bar
 from zflight.callbacks.base import AnalysisContext, VisualizationCallback, network_of
 from zflight.callbacks.filter_alerts import ADVICE, DEFAULT_ALERTS, raise_alerts
-from zflight.callbacks.filter_figures import filter_grid, spectra_figure
+from zflight.callbacks.filter_figures import filter_grid, shown_filters, spectra_figure
 from zflight.callbacks.results import Figure, Probe, VizResult
 
 
@@ -47,8 +47,11 @@ class FilterHealth(VisualizationCallback):
 
     Args:
         layers: conv layers to diagnose (names for ``model.layer`` or ``named_modules``).
-        dead_fraction, untrained_cosine, alias_excess_threshold, duplicate_threshold, radius,
-            n_fft: see ``zflight.analysis.filters.filter_health``.
+        dead_fraction, untrained_fraction, untrained_floor, alias_share, structure_z,
+            duplicate_threshold, hysteresis, radius, n_fft: see
+            ``zflight.analysis.filters.filter_health``. Each layer's statuses of the last analysis
+            are kept (in the checkpoint too), so a status changes only past its threshold by the
+            ``hysteresis`` margin.
         alert_thresholds: metric (or ``<layer>/<metric>``) -> value; when a layer's value rises
             above it after ``warmup_epochs`` epochs, one rank-zero warning saying what to try
             (and a W&B alert when a run is online). Merged over ``DEFAULT_ALERTS`` (``.inf``
@@ -73,9 +76,12 @@ class FilterHealth(VisualizationCallback):
         layers: Sequence[str] = ("conv1",),
         *,
         dead_fraction: float = 0.1,
-        untrained_cosine: float = 0.5,
-        alias_excess_threshold: float = 0.5,
+        untrained_fraction: float = 1 / 3,
+        untrained_floor: float | None = None,
+        alias_share: float = 0.5,
+        structure_z: float = 6.0,
         duplicate_threshold: float = 0.9,
+        hysteresis: float = 0.1,
         radius: float = 0.1,
         n_fft: int = 64,
         alert_thresholds: Mapping[str, float] | None = None,
@@ -91,9 +97,12 @@ class FilterHealth(VisualizationCallback):
         self.layers = list(layers)
         self.options = {
             "dead_fraction": dead_fraction,
-            "untrained_cosine": untrained_cosine,
-            "alias_excess_threshold": alias_excess_threshold,
+            "untrained_fraction": untrained_fraction,
+            "untrained_floor": untrained_floor,
+            "alias_share": alias_share,
+            "structure_z": structure_z,
             "duplicate_threshold": duplicate_threshold,
+            "hysteresis": hysteresis,
             "radius": radius,
             "n_fft": n_fft,
         }
@@ -109,11 +118,13 @@ class FilterHealth(VisualizationCallback):
         self.ncols = ncols
         self.above: dict[str, bool] = {}
         self.initial: dict[str, torch.Tensor] = {}
+        self.previous: dict[str, torch.Tensor] = {}
         self.initial_trunk: dict[str, torch.Tensor] = {}
         self.start_epoch: int | None = None
         self._start_gridding: float | None = None
         self._positive: dict[str, torch.Tensor] = {}
         self._counted: dict[str, int] = {}
+        self._entries: dict[str, int] = {}
 
     # ---- the start -------------------------------------------------------------------------------
     @override
@@ -141,6 +152,7 @@ class FilterHealth(VisualizationCallback):
             "initial": dict(self.initial),
             "initial_trunk": dict(self.initial_trunk),
             "start_epoch": self.start_epoch,
+            "previous": dict(self.previous),
         }
 
     @override
@@ -150,6 +162,7 @@ class FilterHealth(VisualizationCallback):
         self.initial = dict(state_dict.get("initial", {}))
         self.initial_trunk = dict(state_dict.get("initial_trunk", {}))
         self.start_epoch = state_dict.get("start_epoch")
+        self.previous = dict(state_dict.get("previous", {}))
         self._start_gridding = None
 
     # ---- streaming: never-positive channels over the validation loop -----------------------------
@@ -157,6 +170,7 @@ class FilterHealth(VisualizationCallback):
     def reset_stream(self) -> None:
         self._positive = {}
         self._counted = {}
+        self._entries = {}
 
     @override
     def stream_hooks(self, model: nn.Module) -> list[tuple[nn.Module, Callable]]:
@@ -169,6 +183,7 @@ class FilterHealth(VisualizationCallback):
             if self._counted.get(name, 0) >= self.stats_images:
                 return
             self._counted[name] = self._counted.get(name, 0) + output.shape[0]
+            self._entries[name] = self._entries.get(name, 0) + output[:, 0].numel()
             counts = positive_counts(output)
             self._positive[name] = (
                 self._positive[name] + counts if name in self._positive else counts
@@ -192,8 +207,11 @@ class FilterHealth(VisualizationCallback):
         for name in self.layers:
             conv = find_layer(model, name)
             positive = self._positive.get(name) if self.activation_stats else None
-            if positive is not None:
-                positive = ctx.all_gather(positive[None]).sum(0)
+            observed = None
+            if positive is not None:  # counts per channel and the entries counted, over ranks
+                entries = positive.new_tensor([self._entries.get(name, 0)])
+                summed = ctx.all_gather(torch.cat([positive, entries])[None]).sum(0)
+                positive, observed = summed[:-1], int(summed[-1])
             stride, step = _stride(conv), self._step(model, name)
             report = filter_health(
                 conv.weight,
@@ -201,11 +219,15 @@ class FilterHealth(VisualizationCallback):
                 step=step,
                 initial=self.initial.get(name),
                 positive=positive,
+                observed=observed,
+                previous=self.previous.get(name),
                 **self.options,
             )
+            self.previous[name] = report.status.cpu()
             title = f"{name}: {len(report.rms)} filters {report.kernel}x{report.kernel}, stride {stride}"
+            shown, view = shown_filters(getattr(model, "features", None), name, conv.weight)
             figures[f"{name}/filters"] = Figure(
-                filter_grid(conv.weight, report, title, self.ncols), _summary(name, report)
+                filter_grid(shown, report, title, self.ncols, view=view), _summary(name, report)
             )
             figures[f"{name}/spectra"] = Figure(
                 spectra_figure(conv.weight, stride, step, f"{name} spectra", self.ncols),

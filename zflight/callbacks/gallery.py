@@ -4,7 +4,7 @@ A header with the run's configuration, final accuracy and training curves; one c
 showing its latest epoch with a control to step through epochs; the callbacks' scalars as small
 charts. The page is the template in ``gallery_static/`` with its CSS, script and this run's data
 inlined, so it opens from ``file://`` with no network and no other file but the PNGs it shows
-(loaded lazily). ``write_gallery`` rebuilds it from what is on disk, so it is always complete.
+(loaded lazily). ``gallery_index.write_gallery`` keeps it up to date.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
 import re
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ _EPOCH_PNG = re.compile(r"epoch_(\d+)\.png$")
 # rebuilt after every callback's output: what is unchanged on disk is not read again
 _HEADERS: dict[Path, tuple[int, tuple[int, int, str]]] = {}
 _CONFIGS: dict[Path, tuple[int, list[list[str]]]] = {}
-_MARK = re.compile(r"/\*(STYLE|SCRIPT|DATA)\*/|<!--(FALLBACK|TITLE)-->")
+_MARK = re.compile(r"/\*(STYLE|SCRIPT|DATA)\*/|<!--(FALLBACK|TITLE|CHUNKS)-->")
 # (label, dotted config key) pairs shown in the header when the run's config.yaml has them
 CONFIG_SUMMARY = (
     ("model", "model.name"),
@@ -43,17 +43,31 @@ CONFIG_SUMMARY = (
 )
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The rows of a JSON-lines file; a missing file or a line cut short by a crash is skipped."""
+def parse_rows(lines: Iterable[str], needs_key: bool = False) -> tuple[list[dict[str, Any]], int]:
+    """The rows of JSON lines, and how many lines were damaged and skipped: cut short by a crash,
+    not JSON, not an object, or without an integer ``epoch`` (and a ``key``, for scalars)."""
+    rows, damaged = [], 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            ok = isinstance(row, dict) and isinstance(row.get("epoch"), int)
+            ok = ok and (not needs_key or isinstance(row.get("key"), str))
+        except ValueError:
+            ok = False
+        if ok:
+            rows.append(row)
+        else:
+            damaged += 1
+    return rows, damaged
+
+
+def read_jsonl(path: Path, needs_key: bool = False) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file; a missing file gives none, damaged lines are skipped."""
     if not path.exists():
         return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    return parse_rows(path.read_text(errors="replace").splitlines(), needs_key)[0]
 
 
 def _png_header(path: Path) -> tuple[int, int, str]:
@@ -130,7 +144,8 @@ def figure_frames(root: Path) -> dict[str, list[list[Any]]]:
 
 
 def scalar_series(rows: list[dict[str, Any]]) -> dict[str, list[list[Any]]]:
-    """``key -> [[epoch, value or None], ...]``; a later row for the same epoch (a resume) wins."""
+    """``key -> [[epoch, value or None], ...]``. Duplicates of one (epoch, key), left by a run
+    stopped during its analyses and resumed, are resolved here: the row written last wins."""
     series: dict[str, dict[int, Any]] = {}
     for r in rows:
         value = r.get("value")
@@ -149,7 +164,7 @@ def epoch_metrics(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def gallery_data(root: Path) -> dict[str, Any]:
     """Everything the page shows, gathered from ``root`` (``viz/``) and the run's config."""
     figures = figure_frames(root)
-    scalars = scalar_series(read_jsonl(root / "scalars.jsonl"))
+    scalars = scalar_series(read_jsonl(root / "scalars.jsonl", needs_key=True))
     return {
         "run": root.parent.name,
         "config": config_summary(root.parent / "config.yaml"),
@@ -164,31 +179,24 @@ def _static(name: str) -> str:
     return (resources.files("zflight.callbacks") / "gallery_static" / name).read_text("utf-8")
 
 
-def render(data: dict[str, Any]) -> str:
-    """The page: template with CSS, script and data inlined, and a plain list without scripts."""
+def render(data: dict[str, Any], chunks: Iterable[str] = (), folders: Iterable[str] = ()) -> str:
+    """The page: template with CSS, script and data inlined, the data files ``chunks`` (relative
+    paths, loaded before the script), and a plain list without scripts (``folders``: figure keys
+    whose epochs are in the data files, linked as folders)."""
     payload = json.dumps(data, allow_nan=False, separators=(",", ":")).replace("</", "<\\/")
     fallback = "".join(
         f"<li>{html.escape(key)}: "
         + ", ".join(f'<a href="{html.escape(p)}">epoch {e}</a>' for e, p, *_ in frames)
         + "</li>"
         for key, frames in data["figures"].items()
-    )
+    ) + "".join(f'<li><a href="{html.escape(k)}/">{html.escape(k)}</a></li>' for k in folders)
     parts = {
         "STYLE": _static("gallery.css"),
         "SCRIPT": _static("gallery.js"),
         "DATA": payload,
         "FALLBACK": f"<ul>{fallback}</ul>",
         "TITLE": html.escape(data["run"]),
+        "CHUNKS": "".join(f'<script src="{html.escape(c)}"></script>' for c in chunks),
     }
     # one pass: text put in is never searched again for marks
     return _MARK.sub(lambda m: parts[m.group(1) or m.group(2)], _static("template.html"))
-
-
-def write_gallery(root: Path) -> Path:
-    """Rebuild ``root/index.html`` from what is on disk; replaced at once, never half written."""
-    root.mkdir(parents=True, exist_ok=True)
-    out = root / "index.html"
-    tmp = out.with_name(f".index.html.{os.getpid()}.tmp")
-    tmp.write_text(render(gallery_data(root)), encoding="utf-8")
-    os.replace(tmp, out)
-    return out

@@ -14,7 +14,8 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
-from zflight.callbacks.gallery import write_gallery
+from zflight.callbacks.disk import DISK
+from zflight.callbacks.gallery_index import flush_galleries, write_gallery
 from zflight.callbacks.sinks import WRITER, json_value, log_step, viz_dir
 
 
@@ -65,9 +66,8 @@ class RunRecord(pl.Callback):
         root = viz_dir(trainer)
 
         def job() -> None:
-            root.mkdir(parents=True, exist_ok=True)
-            with open(root / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row, allow_nan=False) + "\n")
+            line = json.dumps(row, allow_nan=False) + "\n"
+            DISK.append_text(root / "metrics.jsonl", line, "metrics.jsonl line")
             write_gallery(root)
 
         WRITER.submit("gallery", job)
@@ -75,3 +75,5 @@ class RunRecord(pl.Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         WRITER.flush(raise_errors=False)
+        if trainer.is_global_zero:
+            flush_galleries()  # the last, debounced update

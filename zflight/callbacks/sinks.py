@@ -24,7 +24,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from zflight.analysis.images import caption, grid
-from zflight.callbacks.gallery import write_gallery
+from zflight.callbacks.disk import DISK
+from zflight.callbacks.gallery_index import gallery_index, write_gallery
 from zflight.callbacks.results import Figure, Table, VizResult
 from zflight.callbacks.writer import WRITER, BackgroundWriter, Finish
 
@@ -133,18 +134,26 @@ def write_outputs(
         finishes = []
         for key, figs in figures.items():
             path = root / name / key / f"epoch_{epoch:04d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
             text = png_caption(figs, _default_caption(f"{name}/{key}", epoch, 0, 1))
-            Image.fromarray(compose(figs)).save(path, compress_level=1, pnginfo=text)
+            picture = Image.fromarray(compose(figs))
+            if DISK.save(
+                path,
+                "picture",
+                lambda f, im=picture, meta=text: im.save(f, "PNG", compress_level=1, pnginfo=meta),
+            ):
+                gallery_index(root).note_figure(path)
             finishes += _log_images(loggers, f"{name}/{key}", figs, epoch, step)
         for key, table in tables.items():
             finishes += _log_table(loggers, f"{name}/{key}", table, epoch, step)
         if scalars:
-            root.mkdir(parents=True, exist_ok=True)
-            with open(root / "scalars.jsonl", "a") as f:
-                for k, v in scalars.items():
-                    row = {"epoch": epoch, "step": step, "key": k, **json_value(v)}
-                    f.write(json.dumps(row, allow_nan=False) + "\n")
+            lines = "".join(
+                json.dumps(
+                    {"epoch": epoch, "step": step, "key": k, **json_value(v)}, allow_nan=False
+                )
+                + "\n"
+                for k, v in scalars.items()
+            )
+            DISK.append_text(root / "scalars.jsonl", lines, "scalars.jsonl line")
         write_gallery(root)
         return (lambda: [fin() for fin in finishes]) if finishes else None
 

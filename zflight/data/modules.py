@@ -52,9 +52,11 @@ class ShapesDataModule(pl.LightningDataModule):
         seed: int = 0,
         cache_dir: str | None = "~/.cache/zflight",
         fine_texture: bool = False,
+        texture_labels: bool = False,
     ) -> None:
         super().__init__()
         self.fine_texture = fine_texture
+        self.texture_labels = texture_labels
         self.train_size, self.val_size, self.image_size = train_size, val_size, image_size
         self.num_classes, self.batch_size, self.num_workers, self.seed = (
             num_classes,
@@ -84,6 +86,8 @@ class ShapesDataModule(pl.LightningDataModule):
             std=self.std,
             fine_texture=self.fine_texture,
         )
+        if self.texture_labels:  # a new cache key only when on: existing caches stay valid
+            args["texture_labels"] = True
         if self.cache_dir is None:
             return ShapesDataset(**args)
         key = hashlib.sha1(repr(sorted(args.items()) + [SHAPES_VERSION]).encode()).hexdigest()[:16]

@@ -8,7 +8,11 @@ batches with signed-distance tests, so building 20k images takes seconds. Each s
 The background gratings stop at 8 cycles per image (0.125 cycles/px at 64 px). ``fine_texture``
 adds one fine grating over the whole image, object included, at 0.15-0.4 cycles/px: content a
 stride-4 first layer cannot sample without aliasing (the Fig. 6 ablation). Its parameters are drawn
-after all the others, so the rest of every sample is the same with and without it.
+after all the others, so the rest of every sample is the same with and without it. It is unrelated
+to the label, so no net has a reason to learn it. ``texture_labels`` makes it carry the label: its
+orientation is the class's (class k at (k + 1/2) * 180 / C degrees, +-0.3 of the spacing) and its
+frequency lies at 0.15-0.24 cycles/px, between the Nyquist frequencies of a stride-4 (0.125) and a
+stride-2 (0.25) first layer: a net gains from reading it, and only a stride-4 one must alias to.
 """
 
 from __future__ import annotations
@@ -55,11 +59,17 @@ def _inside(kind: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 FINE_BAND = (0.15, 0.4)  # cycles per pixel of the optional fine grating
+LABEL_BAND = (0.15, 0.24)  # ... when its orientation tells the class
 NOISE_SEED = 51  # column of the per-sample noise seed; the fine grating's 4 columns follow it
 
 
 def _params(
-    seed: int, split: int, index: int, num_classes: int, fine_texture: bool = False
+    seed: int,
+    split: int,
+    index: int,
+    num_classes: int,
+    fine_texture: bool = False,
+    texture_labels: bool = False,
 ) -> np.ndarray:
     """The random parameters of one sample (deterministic in seed, split, index and option)."""
     rng = np.random.default_rng([seed, split, index])
@@ -79,17 +89,27 @@ def _params(
             waves.ravel(),
             lines.ravel(),
             [rng.integers(1 << 30)],
-            _fine_params(rng) if fine_texture else [],
+            _fine_params(rng, index % num_classes if texture_labels else None, num_classes)
+            if fine_texture or texture_labels
+            else [],
         ]
     )
 
 
-def _fine_params(rng: np.random.Generator) -> np.ndarray:
-    """Fine grating: frequency (cycles/px), orientation, phase (radians) and amplitude."""
-    return np.array(
-        [rng.uniform(*FINE_BAND), rng.uniform(0, math.pi), rng.uniform(0, 2 * math.pi)]
-        + [rng.uniform(0.06, 0.12)]
-    )
+def _fine_params(
+    rng: np.random.Generator, label: int | None = None, num_classes: int = 1
+) -> np.ndarray:
+    """Fine grating: frequency (cycles/px), orientation, phase (radians) and amplitude; with a
+    ``label``, the orientation is the class's and the frequency in ``LABEL_BAND`` (same draws)."""
+    freq, turn = rng.uniform(0, 1), rng.uniform(0, 1)
+    phase, amp = rng.uniform(0, 2 * math.pi), rng.uniform(0.06, 0.12)
+    if label is None:
+        lo, hi = FINE_BAND
+        angle = turn * math.pi
+    else:
+        lo, hi = LABEL_BAND
+        angle = (label + 0.5 + 0.6 * (turn - 0.5)) * math.pi / num_classes
+    return np.array([lo + (hi - lo) * freq, angle, phase, amp])
 
 
 def render(params: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,6 +184,7 @@ class ShapesDataset(Dataset):
         std: tuple[float, ...] = (0.25, 0.25, 0.25),
         chunk: int = 128,  # small batches stay in cache: 3.5x faster than 2048 on 2 cores
         fine_texture: bool = False,
+        texture_labels: bool = False,
     ) -> None:
         if not 2 <= num_classes <= len(CLASSES):
             raise ValueError(f"data.num_classes must be in [2, {len(CLASSES)}], got {num_classes}")
@@ -173,7 +194,10 @@ class ShapesDataset(Dataset):
             )
         self.class_names = list(CLASSES[:num_classes])
         params = np.stack(
-            [_params(seed, split, i, num_classes, fine_texture) for i in range(length)]
+            [
+                _params(seed, split, i, num_classes, fine_texture, texture_labels)
+                for i in range(length)
+            ]
         )
         with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:  # torch frees the GIL
             parts = list(

@@ -5,12 +5,12 @@ config is checked."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,6 +22,7 @@ from zflight.run.checkpoints import AtomicCheckpointIO
 from zflight.run.run_dir import torchrun_processes
 from zflight.run.strategy import build_strategy
 from zflight.run.targets import instantiate
+from zflight.run.wandb_check import wandb_mode
 from zflight.run.wandb_rows import LearningRate
 
 
@@ -38,9 +39,10 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
             cfg.seed,
             d.cache_dir,
             fine_texture=d.fine_texture,
+            texture_labels=d.texture_labels,
         )
     try:
-        return ImageFolderDataModule(
+        dm = ImageFolderDataModule(
             d.root,
             d.image_size,
             d.resize,
@@ -52,6 +54,13 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    found = len(dm.index["train"].samples)
+    if d.batch_size > found:  # the loader drops the last, incomplete batch: nothing would train
+        raise ConfigError(
+            f"data.batch_size={d.batch_size} is larger than the {found} training images in "
+            f"{d.root}/train: not one full batch; use data.batch_size<={max(found, 1)}"
+        )
+    return dm
 
 
 def build_model(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
@@ -93,32 +102,14 @@ def build_module(cfg: DictConfig, model: torch.nn.Module, num_classes: int) -> C
     )
 
 
-def wandb_mode(requested: str) -> str:
-    """``auto`` -> online only with an API key and a reachable server; never prompts."""
-    if requested != "auto":
-        return requested
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    has_key = bool(os.environ.get("WANDB_API_KEY"))
-    netrc = Path.home() / ".netrc"
-    has_key = has_key or (netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
-    if not has_key:
-        return "offline"
-    try:
-        socket.create_connection(("api.wandb.ai", 443), timeout=2).close()
-        return "online"
-    except OSError:
-        return "offline"
-
-
 def build_logger(cfg: DictConfig, run_dir: Path) -> Any:
     lg = cfg.logger
     if lg.name == "none":
         return False
     if lg.name == "csv":
-        from lightning.pytorch.loggers import CSVLogger
+        from zflight.run.loggers import AppendingCSVLogger
 
-        return CSVLogger(str(run_dir), name="csv", version="")
+        return AppendingCSVLogger(str(run_dir), name="csv", version="")
     if lg.name == "tensorboard":
         from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -186,9 +177,17 @@ def build_trainer(
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     best = ModelCheckpoint(
-        run_dir / "checkpoints", filename="best", monitor="val/acc1", mode="max", save_top_k=1
+        run_dir / "checkpoints",
+        filename="best",
+        monitor="val/acc1",
+        mode="max",
+        save_top_k=1,
+        enable_version_counter=False,  # a resumed run replaces best.ckpt, never adds best-v1.ckpt
     )
     extra = [LearningRate()] if logger else []
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():  # zflight.run.preemption stops and saves; the sbatch requeues
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     return pl.Trainer(
         default_root_dir=str(run_dir),
         accelerator=t.accelerator,
@@ -199,7 +198,7 @@ def build_trainer(
         max_epochs=t.max_epochs,
         logger=logger,
         callbacks=[best, *extra, *callbacks],
-        plugins=[AtomicCheckpointIO()],
+        plugins=plugins,
         log_every_n_steps=t.log_every_n_steps,
         limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches,

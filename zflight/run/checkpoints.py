@@ -2,18 +2,18 @@
 
 * ``atomic_save``: write to a temporary file in the same directory, fsync, then ``os.replace``: a
   kill or a full disk at any moment leaves the previous file whole (Lightning writes in place).
-* ``LastCheckpoint``: ``last.ckpt`` at the end of every epoch, at the end of training and on
-  Ctrl-C (Lightning's ``save_last`` writes it only when training ends), never from non-finite
-  weights; every checkpoint also carries the run's config, for checking a resume against it.
+* ``LastCheckpoint``: ``last.ckpt`` when an epoch's training and validation end (before the
+  analyses run, so a long analysis never delays it), at the end of every epoch, at the end of
+  training, on Ctrl-C and on a stop signal (Lightning's ``save_last`` writes it only when training
+  ends), never from non-finite weights; every checkpoint also carries the run's config, for checking
+  a resume against it, and the state of callbacks a resumed run no longer has (their histories).
 * ``read_checkpoint`` / ``check_matches``: a checkpoint is readable and fits the model the config
   builds, checked before a resumed run writes anything (one line naming the difference).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
+import errno
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,12 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from zflight.callbacks.disk import DISK, no_space
 from zflight.config import ConfigError
+from zflight.run.commands import RunFailure
 
 # Settings a checkpoint's weights and inputs depend on: a resume or a post-hoc run must match them.
 MATCH_KEYS = ("model.name", "model.width", "model.head_pool", "data.name", "data.image_size")
@@ -31,33 +34,23 @@ CONFIG_KEY = "zflight_config"
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` so that it holds either the old or the new file, whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # as an ordinary open() would (mkstemp gives 0600)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # the rename itself survives a power cut
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    """``torch.save`` to ``path`` so that it holds either the old or the new file, whole (through
+    the run's one guarded write path); OSError(ENOSPC) when the disk had no room."""
+    if not DISK.save(path, "checkpoint", lambda f: torch.save(obj, f)):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+class DiskFull(RunFailure):
+    """A checkpoint could not be written for lack of space: the run stops here (exit code 1)."""
+
+
+def disk_full(path: str | Path, exc: OSError) -> DiskFull:
+    run = Path(path).parent
+    return DiskFull(
+        f"the disk is full: could not write {path} ({exc.strerror or exc}); training stopped. "
+        f"The previous checkpoints are whole: free some space, then "
+        f"resume={run / 'last.ckpt'} continues"
+    )
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -66,7 +59,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
     ) -> None:
-        atomic_save(checkpoint, path)
+        try:
+            atomic_save(checkpoint, path)
+        except OSError as exc:
+            if no_space(exc):
+                raise disk_full(path, exc) from None
+            raise
 
 
 def weights_finite(module: torch.nn.Module) -> bool:
@@ -80,10 +78,14 @@ class LastCheckpoint(pl.Callback):
         saved_epoch: the epoch of the last save by this process (None before the first).
     """
 
-    def __init__(self, path: str | Path, config: dict[str, Any]) -> None:
+    def __init__(
+        self, path: str | Path, config: dict[str, Any], carried: dict[str, Any] | None = None
+    ) -> None:
         self.path = Path(path)
         self.config = config
+        self.carried = dict(carried or {})
         self.saved_epoch: int | None = None
+        self.saved_step: int | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if trainer.is_global_zero and self.path.parent.is_dir():  # left by a kill during a save
@@ -94,6 +96,13 @@ class LastCheckpoint(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint[CONFIG_KEY] = self.config
+        states = checkpoint.setdefault("callbacks", {})
+        for key, state in self.carried.items():  # a resume with fewer callbacks keeps their state
+            states.setdefault(key, state)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and _analyses_due(trainer):
+            self.save(trainer, pl_module)  # listed before the visual callbacks: before they run
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.save(trainer, pl_module)
@@ -104,10 +113,27 @@ class LastCheckpoint(pl.Callback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        if isinstance(exception, KeyboardInterrupt):
-            self.save(trainer, pl_module)
-            if trainer.is_global_zero:
-                print(f"interrupted: saved {self.path}", flush=True)
+        try:
+            if isinstance(exception, KeyboardInterrupt):
+                self.save(trainer, pl_module)
+                if trainer.is_global_zero:
+                    print(f"interrupted: saved {self.path}", flush=True)
+            elif isinstance(exception, SIGTERMException):  # a stop signal (zflight.run.preemption)
+                if self.saved_step != trainer.global_step:  # not saved since the last step
+                    self.save(trainer, pl_module)
+        except DiskFull as exc:
+            warnings.warn(str(exc), stacklevel=1)
+
+    def stopped_line(self, signal_name: str, epoch: int) -> str:
+        """One line for a run stopped by a signal: what was saved and how to go on."""
+        if self.saved_epoch is None:
+            return (
+                f"stopped by {signal_name} at epoch {epoch}: nothing was saved (no finite weights)"
+            )
+        return (
+            f"stopped by {signal_name} at epoch {epoch}: saved {self.path} (epoch {self.saved_epoch}, "
+            f"step {self.saved_step}); resume={self.path} continues"
+        )
 
     def save(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Write ``last.ckpt`` (rank 0; no collective, so it is safe in ``on_exception`` too)."""
@@ -123,13 +149,28 @@ class LastCheckpoint(pl.Callback):
         checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
         try:
             trainer.strategy.save_checkpoint(checkpoint, self.path)
-        except OSError as exc:  # a full disk: the previous last.ckpt stays, training goes on
+        except DiskFull:
+            raise
+        except OSError as exc:  # the previous last.ckpt stays, training goes on
+            if no_space(exc):
+                raise disk_full(self.path, exc) from None
             warnings.warn(
                 f"could not write {self.path} ({exc.strerror or exc}); the previous one is kept",
                 stacklevel=1,
             )
             return
         self.saved_epoch = trainer.current_epoch
+        self.saved_step = trainer.global_step
+
+
+def _analyses_due(trainer: pl.Trainer) -> bool:
+    """Whether a visual callback runs after this validation (then last.ckpt is written before it)."""
+    from zflight.callbacks.base import VisualizationCallback
+
+    return any(
+        isinstance(cb, VisualizationCallback) and cb._should_run(trainer)
+        for cb in trainer.callbacks
+    )
 
 
 def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:

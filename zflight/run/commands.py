@@ -16,11 +16,18 @@ from zflight.config import ConfigError, TrainConfig, groups
 class RunFailure(RuntimeError):
     """A run that started and failed for a reason worth one paragraph, not a traceback (exit 1).
 
-    ``quiet``: another process (a DDP rank other than 0) says the same; print nothing."""
+    ``quiet``: another process (a DDP rank other than 0) says the same; print nothing.
+    ``exit_code``: what the process exits with (a subclass may say otherwise)."""
+
+    exit_code = 1
 
     def __init__(self, message: str, quiet: bool = False) -> None:
         super().__init__(message)
         self.quiet = quiet
+
+
+class NothingToDo(Exception):
+    """The command has nothing to do (a resume already at its last epoch): one line, exit code 0."""
 
 
 def main_keys() -> str:
@@ -99,18 +106,23 @@ def run_command(
     command: Callable[[list[str]], Any], argv: list[str] | None, help_text: str = ""
 ) -> int:
     """Run an entry point on ``key=value`` arguments: ``--help`` prints ``help_text``; a ConfigError
-    prints one line and returns 2; a RunFailure prints its message and returns 1."""
+    prints one line and returns 2; a RunFailure prints its message and returns its exit code (1, or
+    128 + signal for a run stopped on a signal)."""
     args = sys.argv[1:] if argv is None else list(argv)
     if help_text and wants_help(args):
         print_help(help_text)
         return 0
     try:
         command(args)
+    except NothingToDo as exc:
+        print(exc, flush=True)
+        return 0
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RunFailure as exc:
         if not exc.quiet:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
+            prefix = "error: " if exc.exit_code == 1 else ""
+            print(f"{prefix}{exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
     return 0

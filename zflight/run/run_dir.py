@@ -11,6 +11,9 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from zflight.config import ConfigError
+from zflight.run.lock import claim_new_directory, launching_process
+
+_DATED = "ZFLIGHT_RUN_DIR_NEW"
 
 
 def run_of_checkpoint(ckpt: Path) -> Path | None:
@@ -43,7 +46,18 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
         when = (torchrun_processes() and _parent_start_time()) or time.time()
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
         os.environ["ZFLIGHT_RUN_DIR"] = str(Path(cfg.runs_root) / f"{stamp}-{cfg.name}")
+        os.environ[_DATED] = "1"  # this process chose the name: it claims it (claim_run_dir)
     return Path(os.environ["ZFLIGHT_RUN_DIR"])
+
+
+def claim_run_dir(run_dir: Path) -> Path:
+    """Create the run directory; a dated one this process chose gets a ``-2``, ``-3``... suffix
+    when another run took its name first (the DDP ranks it starts inherit the final name)."""
+    dated_here = os.environ.pop(_DATED, None) == "1"
+    if dated_here and launching_process() and not torchrun_processes():  # workers share a name
+        run_dir = claim_new_directory(run_dir)
+        os.environ["ZFLIGHT_RUN_DIR"] = str(run_dir)
+    return run_dir
 
 
 def ensure_writable(directory: Path, key: str = "run_dir") -> None:

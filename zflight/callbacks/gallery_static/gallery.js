@@ -3,12 +3,34 @@
 // callbacks' scalars as small SVG charts, from the JSON data inlined in the page. No libraries.
 (function () {
   const DATA = JSON.parse(document.getElementById("gallery-data").textContent);
+  mergeChunks(DATA, window.ZF_CHUNKS || []);
   const SVG = "http://www.w3.org/2000/svg";
   const COLOURS = ["#2f6fde", "#e4572e", "#17a398", "#8e6bbf", "#c9a227"];
   // ``<score>_baseline_<name>`` scalars are drawn in their score's chart as reference lines
   const BASELINE = /^(.*)_baseline_([a-z]+)$/;
   const REFERENCE = { centre: "#c0392b", random: "#7f8c8d" };
   const cards = [];
+
+  // The epochs arrive in data files of ten epochs each (viz/gallery/NNNN.js); for one (epoch, key)
+  // the row written last wins.
+  function mergeChunks(data, chunks) {
+    const last = (rows, at) => [...new Map(rows.map((r) => [at(r), r])).values()];
+    const merge = (into, from) => {
+      for (const [k, rows] of Object.entries(from)) into[k] = (into[k] || []).concat(rows);
+    };
+    for (const c of chunks) {
+      merge(data.figures, c.figures);
+      merge(data.scalars, c.scalars);
+      data.metrics = data.metrics.concat(c.metrics);
+    }
+    for (const store of [data.figures, data.scalars]) {
+      const keys = Object.keys(store).sort();
+      const sorted = keys.map((k) => [k, last(store[k], (r) => r[0]).sort((a, b) => a[0] - b[0])]);
+      for (const k of keys) delete store[k];
+      for (const [k, rows] of sorted) store[k] = rows;
+    }
+    data.metrics = last(data.metrics, (r) => r.epoch).sort((a, b) => a.epoch - b.epoch);
+  }
 
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
