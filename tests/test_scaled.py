@@ -83,6 +83,9 @@ def test_budget_key_is_checked_and_is_no_callback():
         with pytest.raises(ConfigError, match=r"callbacks.budget=.* must be a share"):
             load_config([f"callbacks.budget={bad}"])
     from zflight.run.build import build_callbacks
+    from zflight.run.signatures import check_callback_arguments
+
+    check_callback_arguments(cfg)  # the budget is no callback to check arguments of
 
     names = [type(c).__name__ for c in build_callbacks(cfg)]
     assert "DeconvTopK" in names and len(names) == len(load_config([]).callbacks)

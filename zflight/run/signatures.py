@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from zflight.config import ConfigError
+from zflight.config import BUDGET_KEY, ConfigError
 
 
 @dataclass
@@ -155,7 +155,7 @@ def type_problem(value: Any, annotation: str | None) -> str | None:
 def check_callback_arguments(cfg: DictConfig) -> None:
     """ConfigError for the first unknown or mistyped argument of any configured callback."""
     for key, spec in cfg.callbacks.items():
-        if spec is None:
+        if spec is None or key == BUDGET_KEY:  # callbacks.budget is a share, not a callback
             continue
         spec = OmegaConf.to_container(spec, resolve=True)
         target = str(spec.pop("_target_"))
