@@ -46,3 +46,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def fresh_run_name():
+    """A dated run name is chosen once per process (``ZFLIGHT_RUN_DIR``, inherited by the ranks it
+    starts): a test that trains in-process must not hand its name to the next test's subprocesses."""
+    yield
+    for key in ("ZFLIGHT_RUN_DIR", "ZFLIGHT_RUN_DIR_NEW"):
+        os.environ.pop(key, None)

@@ -206,6 +206,7 @@ def test_baselines_are_reference_lines_in_their_score_chart(tmp_path):
             "lonely_baseline_centre": 1.0,  # no score of that name: a chart of its own
         }
         write_outputs(trainer, "att", VizResult(scalars=scalars), background=False)
+    write_gallery(run / "viz", force=True)  # the end of a run: the last update is not debounced
     page = (run / "viz" / "index.html").as_uri() + "#selftest"
     dom = chromium(tmp_path, "--dump-dom", page).stdout
     check = json.loads(html.unescape(re.search(r'<pre id="selftest">(.*?)</pre>', dom).group(1)))
