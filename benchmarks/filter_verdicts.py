@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from zflight.ablation_measure import (
+from zflight.ablation.measure import (
     filter_start,
     layer_report,
     load_network,

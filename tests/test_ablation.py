@@ -45,7 +45,7 @@ def test_ablation_arguments_and_overrides_are_valid_configs(tmp_path):
 
 
 def test_claim_outcomes_count_seeds_and_say_when_untestable():
-    from zflight.ablation_report import claim_outcome
+    from zflight.ablation.report import claim_outcome
 
     # (AlexNet-style, ZFNet) per seed
     assert claim_outcome([(0.1, 0.3), (0.2, 0.1), (0.1, 0.4)], "zfnet") == (2, 3, None)
@@ -115,7 +115,7 @@ def fake_run(root: Path, arm: str, seed: int, kept: int, aliased: int, acc: floa
 
 def test_report_re_measures_checkpoints_and_gives_paired_statistics(tmp_path):
     from zflight import ablation
-    from zflight.ablation_report import read_accuracy
+    from zflight.ablation.report import read_accuracy
 
     out = tmp_path / "abl"
     # seed: (AlexNet-style kept, aliased, top-1), (ZFNet kept, aliased, top-1)
@@ -146,7 +146,7 @@ def test_report_re_measures_checkpoints_and_gives_paired_statistics(tmp_path):
 @pytest.mark.slow
 def test_ablation_end_to_end_on_a_tiny_budget(tmp_path):
     from zflight import ablation
-    from zflight.ablation_figures import read_scalars
+    from zflight.ablation.figures import read_scalars
 
     path = ablation.run_ablation(
         [

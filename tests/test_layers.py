@@ -26,10 +26,7 @@ LAYERS = {
     "train": 3,
     "visualize": 3,
     "ablation": 3,
-    "ablation_report": 3,
     "rehearse": 3,
-    "ablation_measure": 3,
-    "ablation_figures": 3,
     "cli": 4,
     "__main__": 5,
 }

@@ -1,5 +1,5 @@
 """The report of ``python -m zflight.ablation``: every number re-measured from each run's last
-checkpoint (``zflight.ablation_measure``), the paper's claims (a)-(e) seed by seed with a paired
+checkpoint (``zflight.ablation.measure``), the paper's claims (a)-(e) seed by seed with a paired
 mean difference, its 95% interval and a p-value, and the figures."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from zflight.ablation_figures import ARMS, SHORT, curves_figure, fig6
+from zflight.ablation.figures import ARMS, SHORT, curves_figure, fig6
 from zflight.analysis.spectrum import noise_aliasing
 from zflight.analysis.stats import paired, seeds_needed
 

@@ -27,9 +27,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from zflight.ablation_figures import ARMS
-from zflight.ablation_measure import measure_checkpoint
-from zflight.ablation_report import read_accuracy, write_report
+from zflight.ablation.figures import ARMS
+from zflight.ablation.measure import measure_checkpoint
+from zflight.ablation.report import read_accuracy, write_report
 from zflight.config import ConfigError
 
 RENORM = ("none", "zfnet", "both")
@@ -203,7 +203,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ablation: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
