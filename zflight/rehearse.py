@@ -21,10 +21,11 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from zflight.config import ConfigError
+from zflight.run.commands import split_own_keys
 
 
 @dataclass
@@ -44,21 +45,8 @@ class RehearsalConfig:
 
 def parse_args(argv: list[str]) -> tuple[RehearsalConfig, list[str]]:
     """The rehearsal's own keys, and the rest for the training run."""
-    cfg, passthrough = RehearsalConfig(), []
-    own = {f.name: f for f in fields(RehearsalConfig)}
-    for item in argv:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"argument {item!r} is not key=value")
-        if key not in own:
-            passthrough.append(item)
-            continue
-        kind = type(getattr(cfg, key))
-        try:
-            parsed = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
-        except ValueError:
-            raise ConfigError(f"{key}={value!r}: expected {kind.__name__}") from None
-        setattr(cfg, key, parsed)
+    cfg = RehearsalConfig()
+    passthrough = split_own_keys(cfg, argv)
     for key in ("classes", "train_per_class", "val_per_class", "epochs", "devices", "batch_size"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")

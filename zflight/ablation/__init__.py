@@ -23,7 +23,7 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from zflight.ablation.figures import ARMS
 from zflight.ablation.measure import measure_checkpoint
 from zflight.ablation.report import read_accuracy, write_report
 from zflight.config import ConfigError
+from zflight.run.commands import split_own_keys
 
 RENORM = ("none", "zfnet", "both")
 
@@ -54,22 +55,8 @@ class AblationConfig:
 
 def parse_args(argv: list[str]) -> tuple[AblationConfig, list[str]]:
     """Split ``key=value`` arguments into the ablation's own keys and overrides for training."""
-    cfg, passthrough = AblationConfig(), []
-    own = {f.name for f in fields(AblationConfig)}
-    for item in argv:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"argument {item!r} is not key=value")
-        if key in own:
-            current = getattr(cfg, key)
-            try:
-                is_bool = isinstance(current, bool)
-                parsed = value.lower() in ("1", "true", "yes") if is_bool else type(current)(value)
-            except ValueError:
-                raise ConfigError(f"{key}={value!r}: expected {type(current).__name__}") from None
-            setattr(cfg, key, parsed)
-        else:
-            passthrough.append(item)
+    cfg = AblationConfig()
+    passthrough = split_own_keys(cfg, argv)
     if cfg.renorm not in RENORM:
         raise ConfigError(f"renorm={cfg.renorm!r} is not valid; choices: {', '.join(RENORM)}")
     if cfg.seeds < 1 or cfg.epochs < 1:

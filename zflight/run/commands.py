@@ -126,3 +126,24 @@ def run_command(
             print(f"{prefix}{exc}", file=sys.stderr, flush=True)
         return exc.exit_code
     return 0
+
+
+def split_own_keys(settings: Any, argv: list[str]) -> list[str]:
+    """Set a command's own ``key=value`` arguments on ``settings`` (a dataclass instance, each field
+    parsed as its default's type; booleans from 1/true/yes) and return the rest, for training."""
+    own = {f.name for f in dataclasses.fields(settings)}
+    passthrough = []
+    for item in argv:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"argument {item!r} is not key=value")
+        if key not in own:
+            passthrough.append(item)
+            continue
+        kind = type(getattr(settings, key))
+        try:
+            parsed = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+        except ValueError:
+            raise ConfigError(f"{key}={value!r}: expected {kind.__name__}") from None
+        setattr(settings, key, parsed)
+    return passthrough
