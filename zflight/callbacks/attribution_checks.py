@@ -139,6 +139,23 @@ class AttributionCallback(VisualizationCallback):
             out.update(scores_with_baselines(m, masks.to(m.device), prefix))
         return out
 
+    def scores(
+        self, model: nn.Module, scored: Probe, maps: Maps, ctx: AnalysisContext
+    ) -> tuple[dict[str, float], dict[str, Figure]]:
+        """The scores every attribution callback reports on its score set: localisation where the
+        data has masks, and deletion/insertion when due (with its figure)."""
+        scalars: dict[str, float] = {}
+        figures: dict[str, Figure] = {}
+        if scored.masks is not None:
+            scalars.update(self.localisation(maps, scored.masks))
+        if self.due(self.faithfulness_every_n_epochs, ctx):
+            fills = self.fills(scored)
+            values, fig = self.faithfulness(model, scored.images, scored.labels, fills, maps, ctx)
+            scalars.update(values)
+            if fig is not None:
+                figures["faithfulness"] = fig
+        return scalars, figures
+
     def faithfulness(
         self,
         model: nn.Module,

@@ -220,17 +220,7 @@ class CaptumAttribution(AttributionCallback):
         maps = self.attribute(model, both.images, both.labels, ctx)
         part = slice(0, len(both.labels)) if scored is probe else slice(len(probe.labels), None)
         score_maps = {"": maps[part]}
-        scalars: dict[str, float] = {}
-        figures: dict[str, Figure] = {}
-        if scored.masks is not None:
-            scalars.update(self.localisation(score_maps, scored.masks))
-        if self.due(self.faithfulness_every_n_epochs, ctx):
-            values, fig = self.faithfulness(
-                model, scored.images, scored.labels, self.fills(scored), score_maps, ctx
-            )
-            scalars.update(values)
-            if fig is not None:
-                figures["faithfulness"] = fig
+        scalars, figures = self.scores(model, scored, score_maps, ctx)
         if self.due(self.sanity_every_n_epochs, ctx):
             few = slice(0, min(self.sanity_probes, len(probe.labels)))
             images, labels = probe.images[few], probe.labels[few]

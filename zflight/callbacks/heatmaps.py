@@ -109,16 +109,7 @@ class HeatMaps(AttributionCallback):
         preds = probs.argmax(1)
         part = slice(0, len(x)) if scored is probe else slice(len(probe.labels), len(x))
         maps = {"": cams[part, 0], "saliency_": sal[part]}
-        scalars: dict[str, float] = {}
-        figures: dict[str, Figure] = {}
-        if scored.masks is not None:
-            scalars.update(self.localisation(maps, scored.masks))
-        if self.due(self.faithfulness_every_n_epochs, ctx):
-            fills = self.fills(scored)
-            values, fig = self.faithfulness(model, scored.images, scored.labels, fills, maps, ctx)
-            scalars.update(values)
-            if fig is not None:
-                figures["faithfulness"] = fig
+        scalars, figures = self.scores(model, scored, maps, ctx)
         if self.due(self.sanity_every_n_epochs, ctx):
             few = slice(0, min(self.sanity_probes, len(probe.labels)))
             values, fig, _ = self.sanity(

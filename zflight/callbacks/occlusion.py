@@ -147,16 +147,7 @@ class Occlusion(AttributionCallback):
         scored = self._scores.get(getattr(ctx, "trainer", None), probe)
         score_maps = maps if scored is probe else self._maps(model, scored, ctx, None)
         drops = {"": score_maps.upsample(score_maps.drop())}
-        scalars: dict[str, float] = {}
-        figures: dict[str, Figure] = {}
-        if scored.masks is not None:
-            scalars.update(self.localisation(drops, scored.masks))
-        if self.due(self.faithfulness_every_n_epochs, ctx):
-            fills = self.fills(scored)
-            values, fig = self.faithfulness(model, scored.images, scored.labels, fills, drops, ctx)
-            scalars.update(values)
-            if fig is not None:
-                figures["faithfulness"] = fig
+        scalars, figures = self.scores(model, scored, drops, ctx)
         if self.due(self.sanity_every_n_epochs, ctx):
             few = slice(0, min(self.sanity_probes, len(probe.labels)))
             sub = Probe(probe.images[few], probe.labels[few], None, probe.mean, probe.std)
