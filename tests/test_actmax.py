@@ -96,23 +96,32 @@ def test_fourier_scale_is_one_over_frequency():
     torch.testing.assert_close(s[2, 0], torch.tensor(4.0))  # f = 0.25
 
 
-def test_bounds_keep_the_image_valid_and_are_approached():
+BOUNDS = ((-1.0, -2.0, -0.5), (2.0, 1.0, 0.5))
+
+
+def red_minus_green(squash: bool):
+    """30 pixel-space steps maximising red minus green (a 1x1 conv) inside ``BOUNDS``."""
     conv = nn.Conv2d(3, 1, 1, bias=False)
     with torch.no_grad():
         conv.weight.copy_(torch.tensor([1.0, -1.0, 0.0]).view(1, 3, 1, 1))
-    low, high = (-1.0, -2.0, -0.5), (2.0, 1.0, 0.5)
-    result = activation_maximization(
+    return activation_maximization(
         nn.Sequential(conv),
         [(conv, 0)],
         (6, 6),
         steps=30,
         lr=0.2,
-        bounds=(low, high),
+        bounds=BOUNDS,
         l2=0.0,
         tv=0.0,
         param="pixel",
         init="gray",
+        squash=squash,
     )
+
+
+def test_bounds_keep_the_image_valid_and_are_approached():
+    low, high = BOUNDS
+    result = red_minus_green(squash=False)
     x = result.images[0]
     for c in range(3):
         assert low[c] <= x[c].min() and x[c].max() <= high[c]
@@ -168,23 +177,8 @@ def test_spatial_reductions_of_a_constructed_map():
 
 
 def test_squash_keeps_pixels_strictly_inside_the_bounds_and_moves_them_the_right_way():
-    conv = nn.Conv2d(3, 1, 1, bias=False)
-    with torch.no_grad():
-        conv.weight.copy_(torch.tensor([1.0, -1.0, 0.0]).view(1, 3, 1, 1))
-    low, high = (-1.0, -2.0, -0.5), (2.0, 1.0, 0.5)
-    result = activation_maximization(
-        nn.Sequential(conv),
-        [(conv, 0)],
-        (6, 6),
-        steps=30,
-        lr=0.2,
-        bounds=(low, high),
-        l2=0.0,
-        tv=0.0,
-        param="pixel",
-        init="gray",
-        squash=True,
-    )
+    low, high = BOUNDS
+    result = red_minus_green(squash=True)
     x = result.images[0]
     for c in range(3):
         assert low[c] < x[c].min() and x[c].max() < high[c]  # a sigmoid never reaches a bound
